@@ -1,0 +1,31 @@
+# Two commands on a fresh Linux machine with Python 3.11: `make run` (the main job on the embedded default data)
+# and `make test`. Both create the environment first when it is missing or stale.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+UV_VERSION ?= 0.13.8
+VENV := .venv
+STAMP := $(VENV)/.oskt-synced
+export UV_PYTHON_DOWNLOADS := never
+export PYTHONDONTWRITEBYTECODE :=
+
+.PHONY: setup run test lint bench clean-env
+
+$(STAMP): pyproject.toml uv.lock
+	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
+	$(PYTHON) -m uv sync --locked --all-extras --compile-bytecode --python $(PYTHON)
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(VENV)/bin/python -m oskt.pipeline.main --profile quick
+
+test: setup
+	$(VENV)/bin/python -m pytest -q tests
+
+lint: setup
+	$(VENV)/bin/ruff check oskt flows tests bench
+	$(VENV)/bin/ruff format --check oskt flows tests bench
+
+clean-env:
+	rm -rf $(VENV)

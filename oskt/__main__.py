@@ -1,0 +1,5 @@
+import sys
+
+from oskt.cli import main
+
+sys.exit(main())

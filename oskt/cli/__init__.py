@@ -1,0 +1,46 @@
+"""The ``oskt`` console command. Each verb group lives in its own module with a ``register(subparsers)``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from oskt import __version__
+from oskt.errors import OsktError
+
+# verb modules, in the order they appear in --help; each defines register(subparsers)
+VERB_MODULES = ["oskt.cli.config_cmd"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oskt",
+        description="OSKT: one-shot knowledge transfer for scalable person re-identification.",
+    )
+    parser.add_argument("--version", action="version", version=f"oskt {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for name in VERB_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except OsktError as e:
+        print(f"oskt: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("oskt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from oskt.config import PROFILES, Config, config_from_dict, dump_config, load_config, write_resolved
+from oskt.errors import ConfigError
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_resolves_and_round_trips(profile: str) -> None:
+    cfg = load_config(profile=profile)
+    assert isinstance(cfg, Config) and cfg.profile == profile
+    again = config_from_dict(yaml.safe_load(dump_config(cfg)))
+    assert again == cfg
+
+
+def test_precedence_defaults_profile_params_overrides(tmp_path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("profile: smoke\ntrain:\n  lr: 0.001\nstudents:\n  seeds: [0, 1]\n")
+    cfg = load_config(str(params), overrides=["students.seeds=[3,4,5]", "train.weight_decay=1e-5"])
+    assert cfg.profile == "smoke"
+    assert cfg.train.lr == pytest.approx(1e-3)  # params file beats profile
+    assert cfg.students.seeds == (3, 4, 5)  # override beats params file
+    assert cfg.train.weight_decay == pytest.approx(1e-5)  # YAML-1.1 '1e-5' string coerced to float
+    assert cfg.teacher.epochs == load_config(profile="smoke").teacher.epochs  # from the profile
+    assert cfg.train.center_lr == Config().train.center_lr  # dataclass default
+
+
+def test_explicit_profile_beats_params_profile(tmp_path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("profile: smoke\n")
+    assert load_config(str(params), profile="quick").profile == "quick"
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("train.lrr=1", r"unknown key 'train\.lrr'; valid keys of train: optimizer, lr"),
+        ("bogus.x=1", r"unknown key 'bogus'"),
+        ("train.lr=abc", r"train\.lr='abc' has the wrong type: expected a number"),
+        ("train.amp=3", r"train\.amp=3 has the wrong type: expected true/false"),
+        ("students.seeds=1", r"students\.seeds=1 has the wrong type: expected a list of an integer"),
+        ("train.lr=-1", r"train\.lr=-1\.0 is not allowed: expected a float > 0"),
+        ("teacher.arch=vgg", r"teacher\.arch='vgg' is not allowed"),
+        ("students.names=[S9]", r"students\.names=\['S9'\]: student 'S9' is not a ResNet name"),
+        ("students.names=[S5]", None),  # the teacher width itself (quick teacher = S5 widths) is a valid student
+        ("students.names=[T]", r"is wider than the teacher"),
+        ("chain.widths=[64]", r"chain\.widths=\[64\]: width 64 is not narrower than the teacher"),
+        ("data.datasets.synth_a.layout=foo", r"data\.datasets\.synth_a\.layout='foo' is not allowed"),
+        ("students.scenarios=[synth_b->synth_a]", r"a source listed in data\.sources"),
+        ("data.synthetic.height=30", r"data\.synthetic\.height=30 is not allowed"),
+        ("train", r"must look like key=value"),
+    ],
+)
+def test_bad_values_name_key_value_and_allowed(override: str, match: str | None) -> None:
+    if match is None:
+        load_config(profile="quick", overrides=[override])
+        return
+    with pytest.raises(ConfigError, match=match):
+        load_config(profile="quick", overrides=[override])
+
+
+def test_vit_student_width_must_divide_heads() -> None:
+    with pytest.raises(ConfigError, match="not divisible by the 6 heads"):
+        load_config(profile="smoke_vit", overrides=["students.names=[vit50]"])
+
+
+def test_student_narrower_than_every_chain_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="narrower than every chain"):
+        load_config(profile="quick", overrides=["students.names=[r4-2-4-8]"])
+
+
+def test_bad_params_files(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml' is not valid YAML"):
+        load_config(str(bad))
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(str(lst))
+
+
+def test_write_resolved_is_readable_and_atomic(tmp_path) -> None:
+    cfg = load_config(profile="smoke")
+    path = write_resolved(cfg, str(tmp_path / "out"))
+    assert config_from_dict(yaml.safe_load(open(path).read())) == cfg
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["config.yaml"]  # no temp files left behind
+
+
+def test_flat_keys() -> None:
+    flat = load_config(profile="quick").flat()
+    assert flat["train.lr"] == pytest.approx(3.5e-4)
+    assert flat["data.datasets.synth_b.domain"] == "b"
+
+
+def _oskt(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "oskt", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_config_show_and_errors(tmp_path) -> None:
+    ok = _oskt("config", "show", "--profile", "quick")
+    assert ok.returncode == 0, ok.stderr
+    shown = yaml.safe_load(ok.stdout)
+    assert shown["profile"] == "quick" and shown["teacher"]["arch"] == "resnet50"
+    for bad, needle in [("train.lrr=1", "unknown key 'train.lrr'"), ("train.lr=abc", "wrong type"),
+                        ("train.lr=-1", "not allowed")]:
+        r = _oskt("config", "show", "--profile", "quick", "--set", bad)
+        assert r.returncode == 2
+        assert needle in r.stderr and r.stderr.count("\n") == 1  # one clear line
+        assert r.stdout == ""
+
+
+def test_cli_config_init_writes_full_params_and_keeps_existing(tmp_path) -> None:
+    out = tmp_path / "params.yaml"
+    r = _oskt("config", "init", "--profile", "smoke", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert load_config(str(out)) == load_config(profile="smoke")
+    out.write_text("profile: smoke\n")
+    r = _oskt("config", "init", "--profile", "quick", "-o", str(out))
+    assert r.returncode == 2 and out.read_text() == "profile: smoke\n"
+
+
+def test_cli_help_on_every_verb() -> None:
+    from oskt.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "verb")
+    for verb, p in sub.choices.items():
+        assert p.format_help(), verb
+        r = _oskt(verb, "--help")
+        assert r.returncode == 0 and "usage:" in r.stdout, (verb, r.stderr)
