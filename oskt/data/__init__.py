@@ -1,0 +1,32 @@
+"""ReID data: layout parsers returning plain records, the embedded synthetic data set, transforms, P x K
+sampling, loaders and few-shot subsets."""
+
+from oskt.data.fewshot import few_shot_ids, subset_records
+from oskt.data.layouts import check_images, dataset_path, detect_layout, load_dataset, load_layout, read_image
+from oskt.data.loaders import ImageDataset, build_test_loader, build_train_loader
+from oskt.data.records import ImageRecord, ReIDDataset, relabel
+from oskt.data.sampler import RandomIdentitySampler
+from oskt.data.synthetic import make_synthetic
+from oskt.data.transforms import build_test_transform, build_train_transform, normalization
+
+__all__ = [
+    "ImageDataset",
+    "ImageRecord",
+    "RandomIdentitySampler",
+    "ReIDDataset",
+    "build_test_loader",
+    "build_test_transform",
+    "build_train_loader",
+    "build_train_transform",
+    "check_images",
+    "dataset_path",
+    "detect_layout",
+    "few_shot_ids",
+    "load_dataset",
+    "load_layout",
+    "make_synthetic",
+    "normalization",
+    "read_image",
+    "relabel",
+    "subset_records",
+]
