@@ -24,8 +24,13 @@ REQUIRED = ("kind", "state_dict", "spec", "oskt_version")
 def git_sha() -> str:
     """The commit of the working tree this code runs from ('' outside a git checkout)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        )
         return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -67,8 +72,9 @@ def load_checkpoint(path: str, kind: str | None = None, map_location: str | torc
         raise CheckpointError(f"checkpoint {path!r} cannot be read as a weights-only torch file: {e}") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED):
         have = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"checkpoint {path!r} is not an oskt checkpoint: expected keys {list(REQUIRED)}, "
-                              f"found {have}")
+        raise CheckpointError(
+            f"checkpoint {path!r} is not an oskt checkpoint: expected keys {list(REQUIRED)}, found {have}"
+        )
     if kind is not None and ckpt["kind"] != kind:
         raise CheckpointError(f"checkpoint {path!r} holds a {ckpt['kind']!r}, expected a {kind!r}")
     return ckpt

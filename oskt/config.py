@@ -90,7 +90,9 @@ class SynthConfig:
         _check(self.train_ids >= 4, "data.synthetic.train_ids", self.train_ids, "an integer >= 4")
         _check(self.test_ids >= 2, "data.synthetic.test_ids", self.test_ids, "an integer >= 2")
         _check(self.images_per_id >= 4, "data.synthetic.images_per_id", self.images_per_id, "an integer >= 4")
-        _check(self.height >= 32 and self.height % 8 == 0, "data.synthetic.height", self.height, "a multiple of 8 >= 32")
+        _check(
+            self.height >= 32 and self.height % 8 == 0, "data.synthetic.height", self.height, "a multiple of 8 >= 32"
+        )
         _check(self.width >= 16 and self.width % 8 == 0, "data.synthetic.width", self.width, "a multiple of 8 >= 16")
 
 
@@ -121,8 +123,7 @@ class DataConfig:
             _check(s in self.datasets, "data.sources", s, f"a name from data.datasets {sorted(self.datasets)}")
         _check(self.height >= 32 and self.height % 16 == 0, "data.height", self.height, "a multiple of 16 >= 32")
         _check(self.width >= 16 and self.width % 16 == 0, "data.width", self.width, "a multiple of 16 >= 16")
-        _check(self.normalize in ("auto", "imagenet", "half"), "data.normalize", self.normalize,
-               "auto|imagenet|half")
+        _check(self.normalize in ("auto", "imagenet", "half"), "data.normalize", self.normalize, "auto|imagenet|half")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
         _check(self.bad_images in ("fail", "skip"), "data.bad_images", self.bad_images, "'fail' or 'skip'")
 
@@ -154,12 +155,17 @@ class TeacherConfig:
     def __post_init__(self) -> None:
         _check(self.arch in ARCHS, "teacher.arch", self.arch, f"one of {ARCHS}")
         _check(self.last_stride in (1, 2), "teacher.last_stride", self.last_stride, "1 or 2")
-        _check(self.vit_student_stem in ("teacher", "plain"), "teacher.vit_student_stem", self.vit_student_stem,
-               "'teacher' or 'plain'")
+        _check(
+            self.vit_student_stem in ("teacher", "plain"),
+            "teacher.vit_student_stem",
+            self.vit_student_stem,
+            "'teacher' or 'plain'",
+        )
         _check(0.0 <= self.drop_path < 1.0, "teacher.drop_path", self.drop_path, "a float in [0, 1)")
         _check(self.epochs >= 1, "teacher.epochs", self.epochs, "an integer >= 1")
-        _check(list(self.milestones) == sorted(self.milestones), "teacher.milestones", self.milestones,
-               "increasing epochs")
+        _check(
+            list(self.milestones) == sorted(self.milestones), "teacher.milestones", self.milestones, "increasing epochs"
+        )
 
     @property
     def family(self) -> str:
@@ -185,15 +191,23 @@ class ChainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(len(self.widths) >= 1 and all(w > 0 for w in self.widths), "chain.widths", self.widths,
-               "one or more positive integers")
+        _check(
+            len(self.widths) >= 1 and all(w > 0 for w in self.widths),
+            "chain.widths",
+            self.widths,
+            "one or more positive integers",
+        )
         _check(list(self.widths) == sorted(set(self.widths)), "chain.widths", self.widths, "increasing, no repeats")
         _check(self.metric in ("auto", "euclidean", "cosine"), "chain.metric", self.metric, "auto|euclidean|cosine")
         _check(self.init in ("center", "random"), "chain.init", self.init, "'center' or 'random'")
         _check(self.epochs >= 0, "chain.epochs", self.epochs, "an integer >= 0 (0 = no refinement)")
         _check(self.refine_weight >= 0, "chain.refine_weight", self.refine_weight, "a float >= 0")
-        _check(self.refine_schedule in ("auto", "constant", "linear"), "chain.refine_schedule",
-               self.refine_schedule, "auto|constant|linear")
+        _check(
+            self.refine_schedule in ("auto", "constant", "linear"),
+            "chain.refine_schedule",
+            self.refine_schedule,
+            "auto|constant|linear",
+        )
 
 
 @dataclass(frozen=True)
@@ -216,8 +230,12 @@ class StudentsConfig:
         for m in self.methods:
             _check(m in METHODS, "students.methods", m, f"one of {METHODS}")
         for s in self.scenarios:
-            _check(isinstance(s, str) and s.count("->") == 1 and all(s.split("->")), "students.scenarios", s,
-                   "'source->target' with data set names")
+            _check(
+                isinstance(s, str) and s.count("->") == 1 and all(s.split("->")),
+                "students.scenarios",
+                s,
+                "'source->target' with data set names",
+            )
         for f in self.few_shot:
             _check(0.0 < f <= 1.0, "students.few_shot", f, "fractions in (0, 1]")
         _check(self.epochs >= 1, "students.epochs", self.epochs, "an integer >= 1")
@@ -307,8 +325,12 @@ class TrainConfig:
         _check(self.optimizer in ("adam", "sgd"), "train.optimizer", self.optimizer, "'adam' or 'sgd'")
         _check(self.lr > 0, "train.lr", self.lr, "a float > 0")
         _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "a float >= 0")
-        _check(self.scheduler in ("warmup_multistep", "cosine"), "train.scheduler", self.scheduler,
-               "'warmup_multistep' or 'cosine'")
+        _check(
+            self.scheduler in ("warmup_multistep", "cosine"),
+            "train.scheduler",
+            self.scheduler,
+            "'warmup_multistep' or 'cosine'",
+        )
         _check(self.warmup_epochs >= 0, "train.warmup_epochs", self.warmup_epochs, "an integer >= 0")
         _check(self.ids_per_batch >= 2, "train.ids_per_batch", self.ids_per_batch, "an integer >= 2")
         _check(self.images_per_id >= 2, "train.images_per_id", self.images_per_id, "an integer >= 2")
@@ -392,8 +414,12 @@ class Config:
         _check(self.profile in PROFILES, "profile", self.profile, f"one of {PROFILES}")
         names = set(self.data.datasets)
         for src, tgt in self.students.pairs():
-            _check(src in self.data.sources, "students.scenarios", f"{src}->{tgt}",
-                   f"a source listed in data.sources {list(self.data.sources)}")
+            _check(
+                src in self.data.sources,
+                "students.scenarios",
+                f"{src}->{tgt}",
+                f"a source listed in data.sources {list(self.data.sources)}",
+            )
             _check(tgt in names, "students.scenarios", f"{src}->{tgt}", f"a target in data.datasets {sorted(names)}")
         self._check_widths()
 
@@ -506,7 +532,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for k in data:
         if k not in names:
             where = f"{prefix}.{k}" if prefix else str(k)
-            raise ConfigError(f"unknown key {where!r}; valid keys{' of ' + prefix if prefix else ''}: {', '.join(names)}")
+            raise ConfigError(
+                f"unknown key {where!r}; valid keys{' of ' + prefix if prefix else ''}: {', '.join(names)}"
+            )
     kwargs = {k: _coerce(hints[k], v, f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     try:
         return cls(**kwargs)

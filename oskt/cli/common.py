@@ -9,12 +9,23 @@ from oskt.config import PROFILES, Config, load_config
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default=None,
-                   help="params file (default: ./params.yaml when it exists and no --profile is given)")
-    p.add_argument("--profile", choices=PROFILES, default=None,
-                   help="profile under the params file (default: the params file's, else quick)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one key, e.g. --set train.lr=1e-3 --set students.seeds=[0,1,2]")
+    p.add_argument(
+        "--params", default=None, help="params file (default: ./params.yaml when it exists and no --profile is given)"
+    )
+    p.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default=None,
+        help="profile under the params file (default: the params file's, else quick)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key, e.g. --set train.lr=1e-3 --set students.seeds=[0,1,2]",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -34,15 +34,21 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("config", help="show or write the resolved configuration",
-                       description="Show the resolved configuration (defaults < profile < params file < --set).")
+    p = sub.add_parser(
+        "config",
+        help="show or write the resolved configuration",
+        description="Show the resolved configuration (defaults < profile < params file < --set).",
+    )
     verbs = p.add_subparsers(dest="config_verb", metavar="ACTION", required=True)
     show = verbs.add_parser("show", help="print the resolved config", description="Print the resolved config.")
     add_config_args(show)
     show.add_argument("--format", choices=["yaml", "json", "flat"], default="yaml")
     show.set_defaults(func=_show)
-    init = verbs.add_parser("init", help="write a complete params file for a profile",
-                            description="Write the resolved config as a complete params file (e.g. params.yaml).")
+    init = verbs.add_parser(
+        "init",
+        help="write a complete params file for a profile",
+        description="Write the resolved config as a complete params file (e.g. params.yaml).",
+    )
     add_config_args(init)
     init.add_argument("-o", "--output", default="params.yaml")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")

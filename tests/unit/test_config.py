@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -90,7 +91,7 @@ def test_bad_params_files(tmp_path) -> None:
 def test_write_resolved_is_readable_and_atomic(tmp_path) -> None:
     cfg = load_config(profile="smoke")
     path = write_resolved(cfg, str(tmp_path / "out"))
-    assert config_from_dict(yaml.safe_load(open(path).read())) == cfg
+    assert config_from_dict(yaml.safe_load(Path(path).read_text())) == cfg
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["config.yaml"]  # no temp files left behind
 
 
@@ -109,8 +110,11 @@ def test_cli_config_show_and_errors(tmp_path) -> None:
     assert ok.returncode == 0, ok.stderr
     shown = yaml.safe_load(ok.stdout)
     assert shown["profile"] == "quick" and shown["teacher"]["arch"] == "resnet50"
-    for bad, needle in [("train.lrr=1", "unknown key 'train.lrr'"), ("train.lr=abc", "wrong type"),
-                        ("train.lr=-1", "not allowed")]:
+    for bad, needle in [
+        ("train.lrr=1", "unknown key 'train.lrr'"),
+        ("train.lr=abc", "wrong type"),
+        ("train.lr=-1", "not allowed"),
+    ]:
         r = _oskt("config", "show", "--profile", "quick", "--set", bad)
         assert r.returncode == 2
         assert needle in r.stderr and r.stderr.count("\n") == 1  # one clear line

@@ -36,8 +36,9 @@ print(len(names))
 def test_every_module_imports_without_the_orchestration_stack(tmp_path) -> None:
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(oskt.__file__)))
     env.pop("MLFLOW_TRACKING_URI", None)
-    r = subprocess.run([sys.executable, "-c", SCRIPT % (BLOCKED,)], cwd=tmp_path, capture_output=True, text=True,
-                       env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", SCRIPT % (BLOCKED,)], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     n = int(r.stdout.strip().splitlines()[-1])
     assert n == len([m for m in pkgutil.walk_packages(oskt.__path__, "oskt.") if not m.name.endswith("__main__")])
