@@ -1,0 +1,72 @@
+"""``oskt train teacher|chain|student``: run one training phase into a folder (resumable, idempotent)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from oskt.cli.common import add_config_args, config_from_args
+
+
+def _report(result) -> int:  # noqa: ANN001 - a TrainResult
+    print(json.dumps({"checkpoint": result.checkpoint, **result.metrics}, indent=2, sort_keys=True))
+    return 0
+
+
+def _teacher(args: argparse.Namespace) -> int:
+    from oskt.train import train_teacher
+
+    cfg = config_from_args(args)
+    return _report(train_teacher(cfg, args.dataset or cfg.data.sources[0], args.output, resume=not args.restart))
+
+
+def _chain(args: argparse.Namespace) -> int:
+    from oskt.train import refine_chain
+
+    cfg = config_from_args(args)
+    return _report(
+        refine_chain(cfg, args.teacher, args.width, args.output, resume=not args.restart, dataset=args.dataset)
+    )
+
+
+def _student(args: argparse.Namespace) -> int:
+    from oskt.train import finetune_student
+
+    cfg = config_from_args(args)
+    return _report(
+        finetune_student(
+            cfg, args.init, args.dataset, args.output, seed=args.seed, few_shot=args.few_shot, resume=not args.restart
+        )
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a teacher, refine a chain or fine-tune a student",
+        description="Run one training phase into a folder. A killed run resumes from its last.pt; "
+        "a finished one returns at once (use --restart to train again).",
+    )
+    verbs = p.add_subparsers(dest="train_verb", metavar="PHASE", required=True)
+
+    t = verbs.add_parser("teacher", help="train the teacher (SPEC.md §4.2-4.3)")
+    t.add_argument("--dataset", default=None, help="data set name (default: the first of data.sources)")
+    t.set_defaults(func=_teacher)
+
+    c = verbs.add_parser("chain", help="cluster a teacher into a weight chain and refine it (SPEC.md §2, §4.1)")
+    c.add_argument("--teacher", required=True, metavar="CKPT", help="teacher checkpoint")
+    c.add_argument("--width", required=True, type=int, help="chain width (ResNet stem width / ViT dim)")
+    c.add_argument("--dataset", default=None, help="refinement data set (default: the teacher's)")
+    c.set_defaults(func=_chain)
+
+    s = verbs.add_parser("student", help="fine-tune an initialised student (SPEC.md §5)")
+    s.add_argument("--init", required=True, metavar="CKPT", help="initialised student checkpoint")
+    s.add_argument("--dataset", required=True, help="data set name to fine-tune and evaluate on")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--few-shot", type=float, default=1.0, help="fraction of training identities (default 1.0)")
+    s.set_defaults(func=_student)
+
+    for q in (t, c, s):
+        q.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (local or s3://)")
+        q.add_argument("--restart", action="store_true", help="ignore last.pt and a finished run; train again")
+        add_config_args(q)

@@ -1,0 +1,86 @@
+"""Kill a fine-tuning run after an epoch, resume it in a fresh process: same final weights, bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import oskt
+from oskt import io
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = r"""
+import json, os, sys
+from oskt.config import load_config
+from oskt.train import finetune_student
+
+overrides, init, out, kill_after = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+def killer(epoch, record):
+    print(f"ran epoch {epoch}", flush=True)
+    if epoch == kill_after:
+        os._exit(1)  # as abrupt as a killed worker: no cleanup, no final checkpoint
+
+cfg = load_config(profile="smoke", overrides=overrides)
+finetune_student(cfg, init, "synth_a", out, seed=3, callbacks=[killer])
+"""
+
+
+def _run(overrides: list[str], init: str, out: str, kill_after: int) -> tuple[int, list[int]]:
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(oskt.__file__)), OMP_NUM_THREADS="1")
+    r = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(overrides), init, out, str(kill_after)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode in (0, 1), r.stderr
+    return r.returncode, [int(line.split()[-1]) for line in r.stdout.splitlines() if line.startswith("ran epoch")]
+
+
+def test_killed_run_resumes_bit_exact(tmp_path) -> None:  # noqa: ANN001
+    from oskt.config import load_config
+    from oskt.data import load_dataset, make_synthetic
+    from oskt.models import build_model, save_model
+    from oskt.models.spec import parse_spec
+
+    overrides = [
+        f"data.root={tmp_path}",
+        "data.sources=[synth_a]",
+        "teacher.name=r8-2-4-8",
+        "chain.widths=[4]",
+        "students.names=[r4-2-4-8]",
+        "students.scenarios=[synth_a->synth_a]",
+        "students.epochs=3",
+        "train.max_iters_per_epoch=2",
+        "train.warmup_epochs=2",
+        "compute.device=cpu",
+    ]
+    cfg = load_config(profile="smoke", overrides=overrides)
+    make_synthetic(io.join(str(tmp_path), cfg.data.datasets["synth_a"].path), cfg.data.synthetic, "a")
+    torch.manual_seed(0)
+    init = str(tmp_path / "init.pt")
+    n = load_dataset("synth_a", cfg.data).num_train_pids
+    save_model(init, build_model(parse_spec("r4-2-4-8", "resnet50", img_size=(32, 16)), n), "student")
+
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    assert _run(overrides, init, full, -1) == (0, [0, 1, 2])
+    assert _run(overrides, init, cut, 0) == (1, [0])  # killed after epoch 1 of 3
+    assert os.path.exists(os.path.join(cut, "last.pt")) and not os.path.exists(os.path.join(cut, "student.pt"))
+    assert _run(overrides, init, cut, -1) == (0, [1, 2])  # a fresh process resumes from last.pt
+    a = torch.load(os.path.join(full, "student.pt"), weights_only=True)["state_dict"]
+    b = torch.load(os.path.join(cut, "student.pt"), weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ha, hb = io.read_json(os.path.join(full, "history.json")), io.read_json(os.path.join(cut, "history.json"))
+    assert [h["loss"] for h in ha] == [h["loss"] for h in hb]
+    ma, mb = io.read_json(os.path.join(full, "metrics.json")), io.read_json(os.path.join(cut, "metrics.json"))
+    assert ma["mAP"] == mb["mAP"] and ma["rank1"] == mb["rank1"]
