@@ -116,6 +116,12 @@ class DataConfig:
     """DataLoader worker processes (0 = load in the main process)."""
     bad_images: str = "fail"
     """Policy for unreadable images: ``fail`` (error naming the file) or ``skip`` (drop and count)."""
+    cache: str = "auto"
+    """Training images: ``memory`` = decode every image once (resized to ``height`` x ``width``) into one uint8
+    tensor in RAM and augment batches on the training device (no loader workers); ``none`` = decode and augment
+    with PIL in ``num_workers`` processes every epoch; ``auto`` = ``memory`` when the cache (images x 3 x height x
+    width bytes) is at most 4 GiB, else ``none``. Cost at 256x128 (96 KiB an image): Market-1501 train ~1.3 GB,
+    MSMT17 train ~3.2 GB, held while the phase trains (one cache per training phase)."""
 
     def __post_init__(self) -> None:
         _check(len(self.sources) >= 1, "data.sources", self.sources, "at least one data set name")
@@ -126,6 +132,7 @@ class DataConfig:
         _check(self.normalize in ("auto", "imagenet", "half"), "data.normalize", self.normalize, "auto|imagenet|half")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
         _check(self.bad_images in ("fail", "skip"), "data.bad_images", self.bad_images, "'fail' or 'skip'")
+        _check(self.cache in ("auto", "memory", "none"), "data.cache", self.cache, "auto|memory|none")
 
 
 # --------------------------------------------------------------------------------------------------- models

@@ -14,6 +14,7 @@ chain width equals the S-Student" holds by construction and is tested.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 import weakref
 from collections.abc import Mapping
@@ -338,7 +339,15 @@ def expand(
 def expand_state_dict(
     chain: WeightChain, spec: ModelSpec, *, bn_stats: str = "reset", proj_bias: str = "teacher"
 ) -> dict[str, Tensor]:
-    """The student's backbone state dict (parameters and BN buffers) generated from ``chain``; see ``expand``.
+    """The student's backbone state dict (parameters and BN buffers) generated from ``chain``; see ``expand``."""
+    return _expand_state_dict_reference(chain, spec, bn_stats=bn_stats, proj_bias=proj_bias)
+
+
+def _expand_state_dict_planned(
+    chain: WeightChain, spec: ModelSpec, *, bn_stats: str = "reset", proj_bias: str = "teacher"
+) -> dict[str, Tensor]:
+    """Experimental planned variant of ``expand_state_dict`` (same output, bitwise; tested and benchmarked, not
+    the default: on the 2-core bench machine it was not reliably faster than the per-layer path).
 
     Runs a precomputed per-(chain, student) plan (``_StudentPlan``, built on the first call for a student shape)
     against the chain's flat buffer (``_ChainBuffer``, rebuilt when a gene, label or snapshot tensor changes). The
@@ -376,9 +385,10 @@ def _labels_key(chain: WeightChain) -> tuple:
 class _ChainBuffer:
     """Per chain state, like ``PrefixCache``: one flat tensor ``buf`` holding, at fixed offsets, the genes of the
     rows without column summing (stem conv, ViT ``dw``), the within-cluster prefix sums (``_prefix``) of every
-    other row layer, then a scratch tail where a student's subtracted column sums are written; plus the
-    concatenated sources of the averaged vectors (per option) and of the shared ViT tensors. Offsets depend on the
-    chain's structure only, so student plans (index tensors into ``buf``) survive a rebuild."""
+    other row layer, the shared ViT tensors, the constants 0 and 1, then a scratch tail where a student's
+    subtracted column sums are written; plus the concatenated sources of the averaged vectors (per option).
+    Offsets depend on the chain's structure only, so student plans (index tensors into ``buf``) survive a
+    rebuild."""
 
     def __init__(self, chain: WeightChain) -> None:
         self.key = _buffer_key(chain)
@@ -389,17 +399,24 @@ class _ChainBuffer:
         pieces = []
         off = 0
         for r in chain.plan.rows:
-            t = chain.gene(r.param).detach() if r.inp is None else _prefix(chain, r)
+            # prefix sums stored row-major ([R, N_in + 1, k]): a student row reads from one short chain row
+            t = chain.gene(r.param).detach() if r.inp is None else _prefix(chain, r).transpose(0, 1).contiguous()
             self.offsets[r.param], self.shapes[r.param] = off, tuple(t.shape)
             pieces.append(t.reshape(-1))
             off += t.numel()
-        self.base = off  # start of the scratch tail
+        for n in chain.plan.shared:  # copied by the same gather
+            t = chain.snapshot.get(n)
+            self.offsets[n], self.shapes[n] = off, tuple(t.shape)
+            pieces.append(t.reshape(-1))
+            off += t.numel()
+        self.const = off  # a 0 and a 1: fresh BN statistics, gathered too
+        pieces.append(torch.tensor([0.0, 1.0], dtype=pieces[0].dtype, device=pieces[0].device))
+        self.base = off + 2  # start of the scratch tail
         self.buf = torch.cat(pieces)
         self.device, self.dtype = self.buf.device, self.buf.dtype
         self._views: dict[str, Tensor] = {}
+        self.bound: dict[int, list[tuple]] = {}  # per student plan: its gathers bound to ``buf``'s storage
         self._sources: dict[tuple[str, str], Tensor] = {}
-        shared = [chain.snapshot.get(n).reshape(-1) for n in chain.plan.shared]
-        self.shared = torch.cat(shared) if shared else None
 
     def ensure_scratch(self, numel: int) -> None:
         if self.buf.numel() < self.base + numel:
@@ -407,14 +424,15 @@ class _ChainBuffer:
             buf[: self.base].copy_(self.buf[: self.base])
             self.buf = buf
             self._views = {}
+            self.bound = {}
 
-    def prefix2d(self, param: str) -> Tensor:
-        """Layer ``param``'s prefix sums as ``[N_in + 1, R·k]`` (a view of ``buf``)."""
+    def prefix3d(self, param: str) -> Tensor:
+        """Layer ``param``'s prefix sums ``[R, N_in + 1, k]`` (a view of ``buf``)."""
         v = self._views.get(param)
         if v is None:
-            n, r, k = self.shapes[param]
+            r, n, k = self.shapes[param]
             off = self.offsets[param]
-            v = self._views[param] = self.buf[off : off + n * r * k].view(n, r * k)
+            v = self._views[param] = self.buf[off : off + r * n * k].view(r, n, k)
         return v
 
     def sources(self, names: tuple[tuple[str, bool], ...], proj_bias: str) -> Tensor:
@@ -447,19 +465,22 @@ def _chain_buffer(chain: WeightChain) -> _ChainBuffer | None:
     return buf
 
 
+_PLAN_IDS = itertools.count()
+
+
 class _StudentPlan:
     """Everything about expanding one student from one chain that does not depend on the chain's values.
 
-    Output layout: one flat tensor ``[rows | averaged vectors (+ BN statistics with bn_stats=average) | shared
-    ViT tensors | fresh BN statistics]`` in state-dict order. Per call:
+    Output layout: one flat tensor ``[rows | shared ViT tensors | fresh BN statistics | averaged vectors (+ BN
+    statistics with bn_stats=average)]``; the state dict lists them in the reference order. Per call:
 
     * for every row layer with non-first column groups (a run that does not start its cluster: SPEC.md §3.1
       splits a cluster over several student channels), the two prefix rows are gathered (``index_select`` of
       contiguous ``R·k`` blocks) into the buffer's scratch tail and a workspace, and subtracted in one op;
-    * every row layer's weight is then one element gather from ``buf`` (``fidx``: stacked chain rows × summed
-      columns × kernel, pointing at the prefix sum itself for a first group and at the scratch otherwise);
-    * all vectors are averaged by one ``index_add_`` and one division;
-    * shared tensors and fresh BN statistics are one ``copy_`` each.
+    * every row layer's weight, the shared ViT tensors and the fresh BN statistics are then one element gather
+      from ``buf`` (``fidx``: stacked chain rows × summed columns × kernel, pointing at the prefix sum itself for
+      a first group and at the scratch otherwise; copies; the constants);
+    * all vectors are averaged by one ``index_add_`` and one division.
     """
 
     def __init__(
@@ -469,7 +490,7 @@ class _StudentPlan:
         names: list[str] = []
         shapes: list[tuple[int, ...]] = []
         gather: list[np.ndarray] = []
-        nf_ops: list[tuple[str, np.ndarray, np.ndarray, int, int]] = []
+        nf_ops: list[tuple[str, np.ndarray, np.ndarray, int, tuple[int, int, int]]] = []
         scratch = 0
         for r in plan.rows:
             tc = allocs[r.out].rep(r.repeat, chain.num_clusters(r.out))[0].cpu().numpy()
@@ -479,21 +500,41 @@ class _StudentPlan:
                 idx = off + tc[:, None] * row + np.arange(row)[None]
                 out_shape = (len(tc), *shape[1:])
             else:
-                n_in, rows, k = shape
+                rows, n_in, k = shape
                 gene_shape = chain.gene(r.param).shape
                 ai = allocs[r.inp]
                 end, before = ai.col_end.cpu().numpy(), ai.col_before.cpu().numpy()
                 nf = np.flatnonzero(before != n_in - 1)  # n_in - 1: the zero column
-                col = off + end * (rows * k)
-                if len(nf):
-                    col[nf] = buf.base + scratch + np.arange(len(nf)) * (rows * k)
-                    nf_ops.append((r.param, end[nf], before[nf], scratch, rows * k))
-                    scratch += len(nf) * rows * k
-                idx = col[None, :, None] + (tc * k)[:, None, None] + np.arange(k)[None, None, :]
+                # element (o, i, j) of the student weight: buf[row_base[o] + col[i] + j]
+                col, row_base = end * k, off + tc * (n_in * k)
+                idx = row_base[:, None, None] + col[None, :, None] + np.arange(k)[None, None, :]
+                if len(nf):  # non-first groups read the scratch [R, n_nf, k] instead
+                    base = buf.base + scratch
+                    idx[:, nf, :] = (
+                        (base + tc * (len(nf) * k))[:, None, None]
+                        + (np.arange(len(nf)) * k)[None, :, None]
+                        + np.arange(k)[None, None, :]
+                    )
+                    nf_ops.append((r.param, end[nf], before[nf], scratch, (rows, len(nf), k)))
+                    scratch += rows * len(nf) * k
                 out_shape = (len(tc), ai.width, *gene_shape[2:])
             names.append(r.param)
             shapes.append(out_shape)
             gather.append(idx.reshape(-1))
+        if plan.family == "vit" and has_dw(spec):  # shared teacher-width tensors: copies
+            for n in plan.shared:
+                names.append(n)
+                shapes.append(buf.shapes[n])
+                gather.append(buf.offsets[n] + np.arange(int(np.prod(buf.shapes[n], dtype=np.int64))))
+        self.tracked: list[str] = []
+        if plan.bn_buffers:
+            if bn_stats == "reset":  # fresh statistics (SPEC.md §3.2): means 0, variances 1
+                for b in plan.bn_buffers:
+                    names.append(b.param)
+                    shapes.append((allocs[b.part].width,))
+                    gather.append(np.full(allocs[b.part].width, buf.const + b.param.endswith("var")))
+            mods = sorted({b.param.rsplit(".", 1)[0] for b in plan.bn_buffers})
+            self.tracked = [f"{n}.num_batches_tracked" for n in mods]
         buf.ensure_scratch(scratch)
         self.scratch = scratch
         index_dtype = torch.int32 if buf.base + scratch < 2**31 else torch.int64
@@ -502,8 +543,9 @@ class _StudentPlan:
             (p, torch.as_tensor(e, device=device), torch.as_tensor(b, device=device), lo, blk)
             for p, e, b, lo, blk in nf_ops
         ]
-        self.n_rows = self.fidx.numel()
+        self.n_gather = self.fidx.numel()
 
+        n_gathered = len(names)
         grouped: dict[tuple[str, int], list] = {}
         for v in plan.vectors:
             grouped.setdefault((v.part, v.repeat), []).append(v)
@@ -527,67 +569,45 @@ class _StudentPlan:
             "teacher": tuple((p, g and not t) for p, g, t in srcs),
             "gene": tuple((p, g) for p, g, _ in srcs),
         }
-
-        self.n_shared = 0
-        if plan.family == "vit" and has_dw(spec):
-            for n in plan.shared:
-                shape = tuple(chain.snapshot.get(n).shape)
-                names.append(n)
-                shapes.append(shape)
-                self.n_shared += int(np.prod(shape, dtype=np.int64))
-        self.has_shared = plan.family == "vit" and has_dw(spec)
-
-        self.bn_fresh = None
-        self.tracked: list[str] = []
-        if plan.bn_buffers:
-            if bn_stats == "reset":  # fresh statistics (SPEC.md §3.2): means 0, variances 1
-                widths = [allocs[b.part].width for b in plan.bn_buffers]
-                is_var = [b.param.endswith("var") for b in plan.bn_buffers]
-                self.bn_fresh = torch.as_tensor(np.repeat(np.asarray(is_var), widths), device=device).to(buf.dtype)
-                names += [b.param for b in plan.bn_buffers]
-                shapes += [(w,) for w in widths]
-            mods = sorted({b.param.rsplit(".", 1)[0] for b in plan.bn_buffers})
-            self.tracked = [f"{n}.num_batches_tracked" for n in mods]
+        # the state dict keeps the reference order: rows, vectors, shared, BN statistics, BN counters
+        n_rows, n_vec = len(plan.rows), len(plan.vectors)
+        self.order = names[:n_rows] + names[n_gathered : n_gathered + n_vec] + names[n_rows:n_gathered]
+        self.order += names[n_gathered + n_vec :]
         self.names, self.shapes = names, shapes
         self.sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
         self.total = sum(self.sizes)
         self.device, self.dtype = device, buf.dtype
+        self.uid = next(_PLAN_IDS)
         self.bws = torch.empty(scratch, dtype=buf.dtype, device=device)  # second prefix rows of non-first groups
-        self._bound: tuple | None = None
 
     def _bind(self, buf: _ChainBuffer) -> list[tuple]:
-        """The per-layer gathers bound to ``buf``'s current storage (re-bound when it was reallocated)."""
-        if self._bound is None or self._bound[0] is not buf.buf:
+        """The per-layer gathers bound to ``buf``'s storage (kept by ``buf``, dropped when it is reallocated)."""
+        ops = buf.bound.get(self.uid)
+        if ops is None:
+            buf.ensure_scratch(self.scratch)  # a rebuilt chain buffer starts without scratch
             ops = []
-            for p, end, before, lo, blk in self.nf_ops:
-                n = end.numel()
-                dst = buf.buf[buf.base + lo : buf.base + lo + n * blk].view(n, blk)
-                ops.append((buf.prefix2d(p), end, before, dst, self.bws[lo : lo + n * blk].view(n, blk)))
-            self._bound = (buf.buf, ops)
-        return self._bound[1]
+            for p, end, before, lo, shape in self.nf_ops:
+                n = shape[0] * shape[1] * shape[2]
+                dst = buf.buf[buf.base + lo : buf.base + lo + n].view(shape)
+                ops.append((buf.prefix3d(p), end, before, dst, self.bws[lo : lo + n].view(shape)))
+            buf.bound[self.uid] = ops
+        return ops
 
     def run(self, buf: _ChainBuffer, proj_bias: str) -> dict[str, Tensor]:
         out = torch.empty(self.total, dtype=self.dtype, device=self.device)
         src = buf.sources(self.srcs[proj_bias], proj_bias) if self.n_avg else None
         with buf.lock:  # the scratch tail is shared by the chain's plans
             ops = self._bind(buf)
-            for p2d, end, before, dst, tmp in ops:
-                torch.index_select(p2d, 0, end, out=dst)
-                torch.index_select(p2d, 0, before, out=tmp)
+            for p3d, end, before, dst, tmp in ops:
+                torch.index_select(p3d, 1, end, out=dst)
+                torch.index_select(p3d, 1, before, out=tmp)
             if ops:
                 buf.buf[buf.base : buf.base + self.scratch].sub_(self.bws)
-            torch.index_select(buf.buf, 0, self.fidx, out=out[: self.n_rows])
-        pos = self.n_rows
+            torch.index_select(buf.buf, 0, self.fidx, out=out[: self.n_gather])
         if self.n_avg:
-            avg = out[pos : pos + self.n_avg]
-            avg.zero_().index_add_(0, self.slot, src).div_(self.counts)
-            pos += self.n_avg
-        if self.has_shared:
-            out[pos : pos + self.n_shared].copy_(buf.shared)
-            pos += self.n_shared
-        if self.bn_fresh is not None:
-            out[pos:].copy_(self.bn_fresh)
-        state = {n: t.view(s) for n, t, s in zip(self.names, out.split(self.sizes), self.shapes, strict=True)}
+            out[self.n_gather :].zero_().index_add_(0, self.slot, src).div_(self.counts)
+        views = {n: t.view(s) for n, t, s in zip(self.names, out.split(self.sizes), self.shapes, strict=True)}
+        state = {n: views[n] for n in self.order}
         if self.tracked:
             zeros = torch.zeros(len(self.tracked), dtype=torch.long, device=self.device).unbind(0)
             state.update(zip(self.tracked, zeros, strict=True))

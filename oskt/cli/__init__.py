@@ -11,7 +11,17 @@ from oskt import __version__
 from oskt.errors import OsktError
 
 # verb modules, in the order they appear in --help; each defines register(subparsers)
-VERB_MODULES = ["oskt.cli.config_cmd"]
+VERB_MODULES = [
+    "oskt.cli.config_cmd",
+    "oskt.cli.data_cmd",
+    "oskt.cli.pipeline_cmd",
+    "oskt.cli.report_cmd",
+    "oskt.cli.train_cmd",
+    "oskt.cli.init_cmd",
+    "oskt.cli.pick_cmd",
+    "oskt.cli.export_cmd",
+    "oskt.cli.expand_cmd",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args) or 0)
     except OsktError as e:

@@ -1,6 +1,8 @@
-"""ReID data: layout parsers returning plain records, the embedded synthetic data set, transforms, P x K
-sampling, loaders and few-shot subsets."""
+"""ReID data: layout parsers returning plain records, the embedded synthetic data set, transforms (PIL and on-device),
+P x K sampling, loaders (PIL or a decode-once cache) and few-shot subsets."""
 
+from oskt.data.augment import DeviceAugment
+from oskt.data.cache import CachedImages, cache_bytes, use_memory_cache
 from oskt.data.fewshot import few_shot_ids, subset_records
 from oskt.data.layouts import check_images, dataset_path, detect_layout, load_dataset, load_layout, read_image
 from oskt.data.loaders import ImageDataset, build_test_loader, build_train_loader
@@ -10,11 +12,14 @@ from oskt.data.synthetic import make_synthetic
 from oskt.data.transforms import build_test_transform, build_train_transform, normalization
 
 __all__ = [
+    "CachedImages",
+    "DeviceAugment",
     "ImageDataset",
     "ImageRecord",
     "RandomIdentitySampler",
     "ReIDDataset",
     "build_test_loader",
+    "cache_bytes",
     "build_test_transform",
     "build_train_loader",
     "build_train_transform",
@@ -29,4 +34,5 @@ __all__ = [
     "read_image",
     "relabel",
     "subset_records",
+    "use_memory_cache",
 ]

@@ -1,4 +1,10 @@
-"""Image data sets and DataLoaders yielding ``(images float[B,3,H,W], pids long[B], camids long[B])``."""
+"""Image data sets and DataLoaders yielding ``(images, pids long[B], camids long[B])``.
+
+Test loaders and PIL-path train loaders (``data.cache=none``) yield augmented / normalised ``float [B,3,H,W]``.
+Cached train loaders (``data.cache=memory``, or ``auto`` when the images fit in 4 GiB) yield the cache's raw
+``uint8 [B,3,H,W]`` and carry ``device_transform`` (a :class:`~oskt.data.augment.DeviceAugment`), which the epoch
+loop applies after moving the batch to the device: consumers of a train loader apply it when present.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from oskt.config import DataConfig, TrainConfig
+from oskt.data.augment import DeviceAugment
+from oskt.data.cache import CachedImages, use_memory_cache
 from oskt.data.layouts import read_image
 from oskt.data.records import ImageRecord
 from oskt.data.sampler import RandomIdentitySampler
@@ -76,23 +84,51 @@ def _check(records: Sequence[ImageRecord], what: str) -> None:
         raise DataError(f"cannot build the {what} loader: no images")
 
 
+def _as_batch(batch: Any) -> Any:
+    """Collate for data sets whose ``__getitems__`` already returns the batch."""
+    return batch
+
+
 def build_train_loader(
     records: Sequence[ImageRecord], data: DataConfig, train: TrainConfig, family: str, seed: int
 ) -> DataLoader:
     """P x K identity-balanced training loader with the train transforms (drop_last).
 
+    ``data.cache`` picks the path (see :class:`~oskt.config.DataConfig`): the decode-once cache (raw uint8
+    batches, one gather each, no workers, augmentation by the loader's ``device_transform`` on the training
+    device) or PIL decoding + augmentation every epoch in ``data.num_workers`` processes. Either way the loader's
+    randomness depends only on torch / Python / NumPy state the epoch loop reseeds per epoch (workers are not
+    persistent: each epoch's workers are seeded from the loader's reseeded generator), so resumes are exact.
+
     Args:
         records: training images (pids 0..N-1).
-        data: input size, normalisation, workers, bad-image policy.
+        data: input size, normalisation, cache, workers, bad-image policy.
         train: ``ids_per_batch`` (P) and ``images_per_id`` (K).
         family: ``resnet`` or ``vit`` (transform recipe, ``auto`` normalisation).
         seed: sampler and worker seed.
     """
     _check(records, "training")
-    transform = build_train_transform(data.height, data.width, data.normalize, family)
-    sampler = RandomIdentitySampler([r.pid for r in records], train.ids_per_batch, train.images_per_id, seed)
     gen = torch.Generator()
     gen.manual_seed(seed)  # seeds the workers' torch / random / numpy generators
+    if use_memory_cache(len(records), data):
+        cached = CachedImages(records, data.height, data.width, family, data.bad_images)
+        _check(cached.records, "training")  # every image unreadable and skipped
+        sampler = RandomIdentitySampler(cached.pids.tolist(), train.ids_per_batch, train.images_per_id, seed)
+        loader = DataLoader(
+            cached,
+            batch_size=train.batch_size,
+            sampler=sampler,
+            num_workers=0,
+            drop_last=True,
+            collate_fn=_as_batch,
+            generator=gen,
+            pin_memory=torch.cuda.is_available(),
+        )
+        augment = DeviceAugment(data.height, data.width, data.normalize, family)
+        loader.device_transform = augment  # type: ignore[attr-defined]
+        return loader
+    transform = build_train_transform(data.height, data.width, data.normalize, family)
+    sampler = RandomIdentitySampler([r.pid for r in records], train.ids_per_batch, train.images_per_id, seed)
     return DataLoader(
         ImageDataset(records, transform, data.bad_images),
         batch_size=train.batch_size,
@@ -102,7 +138,7 @@ def build_train_loader(
         collate_fn=_Collate(data.height, data.width),
         generator=gen,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=data.num_workers > 0,
+        persistent_workers=False,  # new workers every epoch, seeded from ``gen`` (reseeded per epoch by the loop)
     )
 
 

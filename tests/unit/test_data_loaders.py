@@ -58,12 +58,17 @@ def test_normalization_and_padding() -> None:
     assert pad_for_height(256) == 10 and pad_for_height(128) == 5 and pad_for_height(32) == 1
 
 
+@pytest.mark.parametrize("cache", ["memory", "none"])
 @pytest.mark.parametrize("family", ["resnet", "vit"])
-def test_train_loader(tiny_synth: DataConfig, family: str) -> None:
+def test_train_loader(tiny_synth: DataConfig, family: str, cache: str) -> None:
     ds = load_dataset("synth_a", tiny_synth)
     train = TrainConfig(ids_per_batch=4, images_per_id=2)
-    loader = build_train_loader(ds.train, tiny_synth, train, family, seed=0)
+    data = dataclasses.replace(tiny_synth, cache=cache)
+    loader = build_train_loader(ds.train, data, train, family, seed=0)
     imgs, pids, cams = next(iter(loader))
+    if cache == "memory":  # raw uint8 batches; the epoch loop applies the augmentation on the device
+        assert imgs.dtype == torch.uint8
+        imgs = loader.device_transform(imgs)
     assert imgs.shape == (8, 3, 32, 16) and imgs.dtype == torch.float32
     assert pids.dtype == torch.long and cams.dtype == torch.long
     assert sorted(Counter(pids.tolist()).values()) == [2, 2, 2, 2]

@@ -1,0 +1,134 @@
+"""The real stack: Prefect flows (test harness server), tasks mapped on prefect-ray's RayTaskRunner (local Ray, 2
+CPUs), MLflow (SQLite store, artifacts on S3), data and outputs on a moto S3 server. Only training is a double."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+import yaml
+
+from oskt import io
+from oskt.config import dump_config, load_config
+from oskt.pipeline.grid import grid_cells
+from oskt.pipeline.tracking import search_runs, target_from_config
+
+pytestmark = pytest.mark.pipeline
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _params(stack, name: str, *extra: str, s3: bool = False) -> str:  # noqa: ANN001
+    base = f"s3://{stack.bucket}/{name}" if s3 else os.path.join(stack.root, name)
+    overrides = [
+        f"compute.out_dir={base}/out",
+        f"data.root={base}/data",
+        f"tracking.uri=sqlite:///{stack.root}/{name}.db",
+        f"tracking.experiment={name}",
+        "compute.max_retries=2",
+        *extra,
+    ]
+    if s3:
+        overrides.append(f"tracking.artifact_location=s3://{stack.bucket}/{name}/mlartifacts")
+    cfg = load_config(profile="smoke", overrides=overrides)
+    path = os.path.join(stack.root, f"{name}.yaml")
+    with open(path, "w") as f:
+        f.write(dump_config(cfg))
+    return path
+
+
+def test_whole_pipeline_flow_with_data_and_artifacts_on_s3(stack, monkeypatch) -> None:  # noqa: ANN001
+    from flows.pipeline import oskt_pipeline
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = _params(stack, "s3run", "students.names=[S1]", s3=True)
+    rec = oskt_pipeline(params=params)
+    cfg = load_config(params=params)
+    assert rec.markdown.startswith(f"s3://{stack.bucket}/s3run/out/report/")
+    md = io.read_bytes(rec.markdown).decode()
+    for name in ("OSKT", "Scratch", "WtSel", "KD++", "DepGraph"):
+        assert f"| {name} |" in md
+    assert rec.num_runs == len(grid_cells(cfg))
+    cells = io.listdir(f"s3://{stack.bucket}/s3run/out/students")
+    assert len([c for c in cells if "__" in c]) == len(grid_cells(cfg))
+    target = target_from_config(cfg, parent_run_id="")
+    runs = search_runs(target, "tags.`oskt.kind` = 'cell'")
+    assert len(runs) == len(grid_cells(cfg))
+    assert runs[0].info.artifact_uri.startswith(f"s3://{stack.bucket}/s3run/mlartifacts/")
+    import boto3
+
+    keys = [
+        o["Key"]
+        for o in boto3.client("s3")
+        .list_objects_v2(Bucket=stack.bucket, Prefix="s3run/mlartifacts/")
+        .get("Contents", [])
+    ]
+    assert any(k.endswith("checkpoint/student.pt") for k in keys)
+    assert any(k.endswith("report/report.md") for k in keys)
+    # the flow's parent run holds the stage runs
+    parent = search_runs(target, "tags.`oskt.kind` = 'pipeline'")[0]
+    stages = search_runs(target, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert {r.data.tags.get("oskt.stage") for r in stages} >= {"prepare", "teacher", "chain", "students"}
+
+
+def test_grid_survives_a_killed_ray_worker(stack, monkeypatch, tmp_path) -> None:  # noqa: ANN001
+    from flows.student_grid import run_student_grid
+    from oskt.pipeline import Paths, build_chains, prepare_data, report, train_teacher
+    from oskt.pipeline.run import pipeline_run
+
+    victim = "synth_a--synth_b__S1__oskt"
+    monkeypatch.setenv("OSKT_FAKE_KILL_CELL", victim)
+    monkeypatch.setenv("OSKT_FAKE_MARKERS", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config(params=_params(stack, "kill", "students.names=[S1]", "students.scenarios=[synth_a->synth_b]"))
+    paths = Paths(cfg.compute.out_dir)
+    with pipeline_run(cfg) as target:
+        prepare_data(cfg, paths, target)
+        train_teacher(cfg, "synth_a", paths, target)
+        build_chains(cfg, "synth_a", paths, target)
+        results = run_student_grid(cfg, paths, target)
+        assert len(results) == len(grid_cells(cfg)) and not any(r.skipped for r in results)
+        assert report(cfg, paths, target).num_runs == len(grid_cells(cfg))
+        killed = search_runs(target, "tags.`oskt.kind` = 'cell' and attributes.status = 'KILLED'")
+    assert os.path.exists(tmp_path / f"killed-{victim}__seed0__fs1")
+    with open(tmp_path / "attempts.txt") as f:
+        attempts = [line.split() for line in f]
+    tries = [a for a in attempts if a[0].startswith(victim)]
+    assert len(tries) == 2 and tries[0][1] != tries[1][1]  # retried in a new worker process
+    assert {a[2] for a in attempts} == {"threads=1"}  # torch threads = the task's CPUs
+    assert [r.data.tags["oskt.cell"] for r in killed] == [f"{victim}__seed0__fs1"]
+
+
+def test_nightly_deployment_is_registered_and_the_scheduler_creates_runs(stack) -> None:  # noqa: ANN001
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.server.services.scheduler import schedule_deployments
+
+    from flows.pipeline import NIGHTLY_CRON, NIGHTLY_TZ, nightly_deployment
+
+    dep_id = nightly_deployment().apply()
+
+    async def check() -> list:
+        async with get_client() as client:
+            dep = await client.read_deployment(dep_id)
+            assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in dep.schedules] == [
+                (NIGHTLY_CRON, NIGHTLY_TZ, True)
+            ]
+            await schedule_deployments()  # one pass of the server's scheduler service
+            return await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])))
+
+    runs = asyncio.run(check())
+    assert runs and all(r.state_name == "Scheduled" for r in runs)
+    assert all((r.expected_start_time.hour, r.expected_start_time.minute) == (2, 0) for r in runs)
+    assert all(r.expected_start_time.utcoffset().total_seconds() == 0 for r in runs)
+
+
+def test_prefect_yaml_declares_the_same_nightly_deployment() -> None:
+    from flows.pipeline import DEPLOYMENT_NAME, NIGHTLY_CRON, NIGHTLY_TZ
+
+    with open(os.path.join(ROOT, "prefect.yaml")) as f:
+        spec = yaml.safe_load(f)
+    (dep,) = [d for d in spec["deployments"] if d["name"] == DEPLOYMENT_NAME]
+    assert dep["entrypoint"] == "flows/pipeline.py:oskt_pipeline"
+    assert dep["schedules"][0]["cron"] == NIGHTLY_CRON and dep["schedules"][0]["timezone"] == NIGHTLY_TZ
+    assert dep["work_pool"]["name"]

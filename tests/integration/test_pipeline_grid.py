@@ -1,0 +1,196 @@
+"""Stage functions, idempotent grid cells and the MLflow report, with MLflow real (SQLite) and training replaced by
+``tests.flows.fake_backend`` (the engine here is serial; tests/flows runs the same cells through Prefect on Ray)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("mlflow")
+
+from oskt.config import Config, load_config  # noqa: E402
+from oskt.pipeline import build_chains, grid_cells, prepare_data, report, train_students, train_teacher  # noqa: E402
+from oskt.pipeline.records import Paths, TrackingTarget  # noqa: E402
+from oskt.pipeline.run import pipeline_run  # noqa: E402
+from oskt.pipeline.tracking import search_runs  # noqa: E402
+
+pytestmark = pytest.mark.pipeline
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _cfg(tmp: str, *extra: str) -> Config:
+    return load_config(
+        profile="smoke",
+        overrides=[
+            f"compute.out_dir={tmp}/out",
+            f"data.root={tmp}/data",
+            f"tracking.uri=sqlite:///{tmp}/mlruns.db",
+            *extra,
+        ],
+    )
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("OSKT_PIPELINE_BACKEND", "tests.flows.fake_backend")
+    monkeypatch.setenv("OSKT_FAKE_MARKERS", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("OSKT_MLFLOW_PARENT_RUN_ID", raising=False)
+    return str(tmp_path)
+
+
+def _upstream(cfg: Config, target: TrackingTarget) -> Paths:
+    paths = Paths(cfg.compute.out_dir)
+    prepare_data(cfg, paths, target)
+    for s in cfg.data.sources:
+        train_teacher(cfg, s, paths, target)
+        build_chains(cfg, s, paths, target)
+    return paths
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _attempts(tmp: str) -> list[str]:
+    path = os.path.join(tmp, "attempts.txt")
+    return _read(path).split("\n")[:-1] if os.path.exists(path) else []
+
+
+def test_stages_log_a_run_tree_and_the_report_lists_every_method(env: str) -> None:
+    cfg = _cfg(env)
+    with pipeline_run(cfg) as target:
+        assert target.artifact_location == os.path.join(env, "mlartifacts")
+        paths = _upstream(cfg, target)
+        results = train_students(cfg, paths, target, engine="serial")
+        rec = report(cfg, paths, target)
+    assert len(results) == len(grid_cells(cfg)) and not any(r.skipped for r in results)
+    md = _read(rec.markdown)
+    for name in ("OSKT", "Scratch", "WtSel", "KD++", "DepGraph"):
+        assert f"| {name} |" in md
+    assert rec.num_runs == len(results)
+    # one parent; stage and cell runs below it; cell runs carry the identifying tags, params and per-epoch metrics
+    parent = search_runs(target, "tags.`oskt.kind` = 'pipeline'")
+    assert len(parent) == 1
+    cells = search_runs(target, "tags.`oskt.kind` = 'cell'")
+    assert len(cells) == len(results)
+    students_run = search_runs(target, "tags.`oskt.stage` = 'students'")[0]
+    r = cells[0]
+    assert r.data.tags["mlflow.parentRunId"] == students_run.info.run_id
+    assert students_run.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
+    for tag in ("method", "student", "scenario", "seed", "git_commit", "data_version", "oskt.fingerprint"):
+        assert tag in r.data.tags, tag
+    assert r.data.tags["data_version"].startswith("manifest-")
+    assert r.data.params["students.epochs"] == str(cfg.students.epochs)
+    assert {"mAP", "rank1", "params", "macs"} <= set(r.data.metrics)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(target.uri)
+    assert len(client.get_metric_history(r.info.run_id, "loss")) == cfg.students.epochs
+    assert {a.path for a in client.list_artifacts(r.info.run_id)} >= {"checkpoint", "metrics.json", "config.yaml"}
+    teacher = search_runs(target, "tags.`oskt.stage` = 'teacher'")[0]
+    assert {a.path for a in client.list_artifacts(teacher.info.run_id)} >= {"checkpoint", "config.yaml"}
+    # `oskt report` rebuilds the same tables from MLflow alone
+    from oskt.cli import main as oskt_main
+    from oskt.config import dump_config
+
+    params = os.path.join(env, "params.yaml")
+    with open(params, "w") as f:
+        f.write(dump_config(cfg))
+    os.remove(rec.markdown)
+    assert oskt_main(["report", "--params", params]) == 0
+    assert _read(rec.markdown) == md
+    rep = search_runs(target, "tags.`oskt.kind` = 'report'")[-1]
+    assert {a.path for a in client.list_artifacts(rep.info.run_id, "report")} == {
+        "report/report.md",
+        "report/report.csv",
+        "report/acc_vs_params.png",
+        "report/acc_vs_macs.png",
+    }
+
+
+def test_finished_cells_are_skipped_and_only_changed_work_reruns(env: str) -> None:
+    cfg = _cfg(env)
+    with pipeline_run(cfg) as target:
+        paths = _upstream(cfg, target)
+        train_students(cfg, paths, target, engine="serial")
+        n = len(_attempts(env))
+        again = train_students(cfg, paths, target, engine="serial")
+        assert all(r.skipped for r in again) and len(_attempts(env)) == n
+        assert train_teacher(cfg, "synth_a", paths, target).reused
+        # a new seed runs only the new cells
+        more = _cfg(env, "students.seeds=[0,1]")
+        res = train_students(more, paths, target, engine="serial")
+        assert sum(not r.skipped for r in res) == len(grid_cells(cfg)) and len(_attempts(env)) == 2 * n
+        # a recipe change reruns every cell
+        changed = _cfg(env, "students.epochs=2")
+        assert not any(r.skipped for r in train_students(changed, paths, target, engine="serial"))
+
+
+def test_mlflow_store_reset_restores_finished_cells_without_training(env: str) -> None:
+    cfg = _cfg(env)
+    with pipeline_run(cfg) as target:
+        paths = _upstream(cfg, target)
+        train_students(cfg, paths, target, engine="serial")
+        first = _read(report(cfg, paths, target).markdown)
+    n = len(_attempts(env))
+    cfg = _cfg(env, f"tracking.uri=sqlite:///{env}/fresh.db")  # a new, empty tracking store
+    with pipeline_run(cfg) as target:
+        res = train_students(cfg, paths, target, engine="serial")
+        assert all(r.skipped for r in res) and len(_attempts(env)) == n
+        assert _read(report(cfg, paths, target).markdown) == first
+        assert search_runs(target, "tags.`oskt.restored` = 'true'")
+
+
+def test_killed_run_resumes_with_nothing_lost_and_the_same_report(env: str) -> None:
+    cfg = _cfg(env, "students.names=[S1]")
+    with pipeline_run(cfg) as target:
+        paths = _upstream(cfg, target)
+    params = os.path.join(env, "params.yaml")
+    from oskt.config import dump_config
+
+    with open(params, "w") as f:
+        f.write(dump_config(cfg))
+    cmd = [sys.executable, "-m", "oskt.pipeline", "students", "--params", params, "--engine", "serial"]
+    proc_env = {**os.environ, "OSKT_FAKE_SLEEP": "0.4"}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=proc_env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    students = paths.students_dir()
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        done = [
+            d
+            for d in (os.listdir(students) if os.path.isdir(students) else [])
+            if os.path.exists(os.path.join(students, d, "metrics.json"))
+        ]
+        if len(done) >= 3:
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished_before = set(done)
+    assert 3 <= len(finished_before) < len(grid_cells(cfg))
+    before = len(_attempts(env))
+    with pipeline_run(cfg) as target:
+        train_students(cfg, paths, target, engine="serial")
+    rerun = {line.split()[0] for line in _attempts(env)[before:]}
+    assert not rerun & finished_before  # finished cells were not trained again
+    assert len(rerun | finished_before) == len(grid_cells(cfg))
+    with pipeline_run(cfg) as target:
+        resumed = _read(report(cfg, paths, target).markdown)
+        killed = search_runs(target, "tags.`oskt.kind` = 'cell' and attributes.status = 'KILLED'")
+    assert len(killed) <= 1  # the cell that was mid-way when the run died, closed as KILLED on the rerun
+    # the same report as an uninterrupted run of the same config
+    clean = _cfg(os.path.join(env, "clean"), "students.names=[S1]")
+    os.makedirs(os.path.join(env, "clean"))
+    with pipeline_run(clean) as target:
+        cp = _upstream(clean, target)
+        train_students(clean, cp, target, engine="serial")
+        assert _read(report(clean, cp, target).markdown) == resumed
