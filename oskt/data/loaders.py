@@ -139,7 +139,14 @@ def build_train_loader(
         generator=gen,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,  # new workers every epoch, seeded from ``gen`` (reseeded per epoch by the loop)
+        multiprocessing_context=_worker_context(data.num_workers),
     )
+
+
+def _worker_context(num_workers: int) -> str | None:
+    """Workers start from a clean forkserver, not a fork of this process: the pipeline runs loaders inside processes
+    that hold threads (Prefect, Ray, MLflow clients), and a forked copy of such a process can die at start."""
+    return "forkserver" if num_workers > 0 else None
 
 
 def build_test_loader(records: Sequence[ImageRecord], data: DataConfig, batch_size: int, family: str) -> DataLoader:
@@ -161,4 +168,5 @@ def build_test_loader(records: Sequence[ImageRecord], data: DataConfig, batch_si
         drop_last=False,
         collate_fn=_Collate(data.height, data.width),
         pin_memory=torch.cuda.is_available(),
+        multiprocessing_context=_worker_context(data.num_workers),
     )
