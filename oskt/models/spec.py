@@ -69,8 +69,10 @@ class ModelSpec:
         object.__setattr__(self, "img_size", tuple(int(s) for s in self.img_size))
         if self.family == "resnet":
             if self.in_planes < 1 or len(self.multipliers) != 3 or min(self.multipliers) < 1:
-                raise SpecError(f"ResNet spec in_planes={self.in_planes}, multipliers={self.multipliers}: expected "
-                                "a positive stem width and three positive multipliers")
+                raise SpecError(
+                    f"ResNet spec in_planes={self.in_planes}, multipliers={self.multipliers}: expected "
+                    "a positive stem width and three positive multipliers"
+                )
         else:
             if self.dim == 0:
                 object.__setattr__(self, "dim", self.teacher_dim)
@@ -121,8 +123,9 @@ class ModelSpec:
 
     def fits_within(self, other: ModelSpec) -> bool:
         """True when every layer of ``self`` is at most as wide as ``other``'s (same family)."""
-        return self.arch == other.arch and all(a <= b for a, b in zip(self.layer_widths(), other.layer_widths(),
-                                                                       strict=True))
+        return self.arch == other.arch and all(
+            a <= b for a, b in zip(self.layer_widths(), other.layer_widths(), strict=True)
+        )
 
     def chain_spec(self, width: int) -> ModelSpec:
         """Called on a teacher spec: the S-Student of its chain of ``width`` (ResNet: stem width ``width`` with
@@ -184,8 +187,10 @@ def parse_spec(name: str, arch: str = "resnet50", **options: Any) -> ModelSpec:
         if m:
             w, *mult = (int(x) for x in m.groups())
             return ModelSpec(arch=arch, in_planes=w, multipliers=tuple(mult), **options)
-        raise SpecError(f"student {raw!r} is not a ResNet name: expected one of {list(RESNET_NAMED)} or "
-                        "r<in_planes>-<m1>-<m2>-<m3> such as r16-2-3-4")
+        raise SpecError(
+            f"student {raw!r} is not a ResNet name: expected one of {list(RESNET_NAMED)} or "
+            "r<in_planes>-<m1>-<m2>-<m3> such as r16-2-3-4"
+        )
     info = VIT_ARCHS[arch]
     if key == "T":
         return ModelSpec(arch=arch, dim=info["dim"], **options)
@@ -194,32 +199,42 @@ def parse_spec(name: str, arch: str = "resnet50", **options: Any) -> ModelSpec:
     m = _V_RE.match(key)
     if m:
         return ModelSpec(arch=arch, dim=int(m.group(1)), **options)
-    raise SpecError(f"student {raw!r} is not a {arch} name: expected one of {['T', *info['named']]} or vit<dim> "
-                    "such as vit144")
+    raise SpecError(
+        f"student {raw!r} is not a {arch} name: expected one of {['T', *info['named']]} or vit<dim> such as vit144"
+    )
 
 
 def spec_options(teacher: TeacherConfig, img_size: tuple[int, int]) -> dict[str, Any]:
     """The structural ModelSpec options a teacher config implies."""
-    return {"last_stride": teacher.last_stride, "vit_stem": teacher.vit_student_stem, "img_size": tuple(img_size),
-            "drop_path": teacher.drop_path}
+    return {
+        "last_stride": teacher.last_stride,
+        "vit_stem": teacher.vit_student_stem,
+        "img_size": tuple(img_size),
+        "drop_path": teacher.drop_path,
+    }
 
 
-def select_chain(student: ModelSpec, chain_widths: tuple[int, ...] | list[int],
-                 teacher: ModelSpec | None = None) -> int:
+def select_chain(
+    student: ModelSpec, chain_widths: tuple[int, ...] | list[int], teacher: ModelSpec | None = None
+) -> int:
     """The widest chain whose S-Student fits within ``student`` in every layer (SPEC.md §3.3).
 
     Raises SpecError before any work when the student is wider than the teacher or narrower than every chain.
     """
     teacher = teacher or student.teacher()
     if not student.fits_within(teacher):
-        raise SpecError(f"student {student.name} {student.layer_widths()} is wider than the teacher "
-                        f"{teacher.name} {teacher.layer_widths()}")
+        raise SpecError(
+            f"student {student.name} {student.layer_widths()} is wider than the teacher "
+            f"{teacher.name} {teacher.layer_widths()}"
+        )
     fitting = [w for w in chain_widths if teacher.chain_spec(w).fits_within(student)]
     if not fitting:
         smallest = min(chain_widths)
-        raise SpecError(f"student {student.name} {student.layer_widths()} is narrower than every chain "
-                        f"(smallest chain {smallest}: {teacher.chain_spec(smallest).layer_widths()}); "
-                        "add a narrower chain width or pick a wider student")
+        raise SpecError(
+            f"student {student.name} {student.layer_widths()} is narrower than every chain "
+            f"(smallest chain {smallest}: {teacher.chain_spec(smallest).layer_widths()}); "
+            "add a narrower chain width or pick a wider student"
+        )
     return max(fitting)
 
 
@@ -235,8 +250,9 @@ def check_students(teacher: TeacherConfig, chain: ChainConfig, students: Student
         except SpecError as e:
             raise ConfigError(f"chain.widths={list(chain.widths)}: width {w}: {e}") from None
         if not cs.fits_within(probe) or cs.is_teacher:
-            raise ConfigError(f"chain.widths={list(chain.widths)}: width {w} is not narrower than the teacher "
-                              f"{probe.layer_widths()}")
+            raise ConfigError(
+                f"chain.widths={list(chain.widths)}: width {w} is not narrower than the teacher {probe.layer_widths()}"
+            )
     for n in students.names:
         try:
             spec = parse_spec(n, teacher.arch)
