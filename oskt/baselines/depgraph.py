@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from oskt.errors import SpecError
 from oskt.models.factory import ReIDModel, build_model
+from oskt.models.spec import check_fits_teacher
 from oskt.models.vit import has_dw
 
 
@@ -112,13 +113,7 @@ def prune_to_spec(teacher: ReIDModel, spec, example_input: Tensor | None = None,
         SpecError: the student is not within the teacher, or the pruned shapes do not match the student.
     """
     t = teacher.spec
-    if spec.arch != t.arch or not spec.fits_within(t):
-        raise SpecError(
-            f"cannot prune {t.arch} {t.name} {t.layer_widths()} to {spec.arch} {spec.name} "
-            f"{spec.layer_widths()}: the student must be the same arch and no wider"
-        )
-    if spec.family == "vit" and spec.img_size != t.img_size:
-        raise SpecError(f"ViT student img_size {spec.img_size} differs from the teacher's {t.img_size}")
+    check_fits_teacher(spec, t, "depgraph prune")
     model = copy.deepcopy(teacher)
     device = next(model.parameters()).device
     x = example_input if example_input is not None else torch.randn(2, 3, *t.img_size, device=device)

@@ -21,7 +21,7 @@ from torch import nn
 from oskt.config import BaselinesConfig
 from oskt.errors import CheckpointError, ConfigError, SpecError
 from oskt.models.factory import ReIDModel, build_model
-from oskt.models.spec import ModelSpec
+from oskt.models.spec import ModelSpec, check_fits_teacher  # noqa: F401  (re-exported for the init methods)
 from oskt.registry import Registry
 
 if TYPE_CHECKING:
@@ -192,15 +192,3 @@ def load_teacher(ctx: InitContext, method: str) -> ReIDModel:
         raise CheckpointError(f"teacher checkpoint {ctx.teacher_ckpt!r} cannot be rebuilt: {e}") from None
     teacher.neck_feat = (ckpt.get("extra") or {}).get("neck_feat", teacher.neck_feat)
     return teacher.to(ctx.device)
-
-
-def check_fits_teacher(spec: ModelSpec, teacher: ModelSpec, method: str) -> None:
-    """SpecError unless ``spec`` is the teacher's arch, no wider in any layer and (ViT) at the teacher's input size
-    (position embeddings are taken from the teacher)."""
-    if spec.arch != teacher.arch or not spec.fits_within(teacher):
-        raise SpecError(
-            f"{method}: student {spec.arch} {spec.name} {spec.layer_widths()} does not fit within the "
-            f"teacher {teacher.arch} {teacher.name} {teacher.layer_widths()} (same arch, no wider)"
-        )
-    if spec.family == "vit" and spec.img_size != teacher.img_size:
-        raise SpecError(f"{method}: ViT student img_size {spec.img_size} differs from the teacher's {teacher.img_size}")

@@ -259,3 +259,15 @@ def check_students(teacher: TeacherConfig, chain: ChainConfig, students: Student
             select_chain(spec, chain.widths, probe)
         except SpecError as e:
             raise ConfigError(f"students.names={list(students.names)}: {e}") from None
+
+
+def check_fits_teacher(spec: ModelSpec, teacher: ModelSpec, who: str) -> None:
+    """SpecError unless ``spec`` is the teacher's arch, no wider in any layer and (ViT) at the teacher's input size
+    (position embeddings are taken from the teacher)."""
+    if spec.arch != teacher.arch or not spec.fits_within(teacher):
+        raise SpecError(
+            f"{who}: student {spec.arch} {spec.name} {spec.layer_widths()} does not fit within the "
+            f"teacher {teacher.arch} {teacher.name} {teacher.layer_widths()} (same arch, no wider)"
+        )
+    if spec.family == "vit" and spec.img_size != teacher.img_size:
+        raise SpecError(f"{who}: ViT student img_size {spec.img_size} differs from the teacher's {teacher.img_size}")
