@@ -19,6 +19,8 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
+from tests.servers import wait_healthy
+
 pytest.importorskip("dvc")
 pytest.importorskip("prefect")
 pytest.importorskip("moto")
@@ -80,15 +82,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("prefect server did not start")
+        wait_healthy(url + "/health", 120, "prefect server")
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -8,10 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
+
+from tests.servers import wait_healthy
 
 pytest.importorskip("mlflow")
 
@@ -109,15 +109,7 @@ def test_tracker_logs_to_a_real_mlflow_server(tmp_path) -> None:
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not become healthy")
+        wait_healthy(uri + "/health", 90, "mlflow server")
         cfg = load_config(profile="smoke", overrides=[f"tracking.uri={uri}"])
         preflight(cfg)  # reachable: no error
         from oskt.pipeline.tracking import search_runs, start_run

@@ -1,0 +1,20 @@
+"""Helpers for tests that start a real server on loopback."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+import pytest
+
+
+def wait_healthy(url: str, timeout_s: float, what: str) -> None:
+    """Poll ``url`` until it answers, or fail the test naming ``what``."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"{what} did not become healthy within {timeout_s:.0f} s")
