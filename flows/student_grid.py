@@ -17,6 +17,7 @@ from oskt.config import Config
 from oskt.pipeline.engines import cell_options, cell_threads, ray_address, ray_init_kwargs, worker_env
 from oskt.pipeline.grid import grid_cells
 from oskt.pipeline.records import CellResult, Paths, TrackingTarget
+from oskt.pipeline.tracking import ensure_experiment
 
 
 def prefect_api_url() -> str:
@@ -35,6 +36,8 @@ def prefect_api_url() -> str:
 @flow(name="oskt-student-grid", log_prints=True, validate_parameters=False)
 def student_grid(cfg: Config, paths: Paths, target: TrackingTarget | None = None) -> list[CellResult]:
     """Map every grid cell onto the flow's task runner and wait for all of them."""
+    if target is not None:  # create the store and experiment here: concurrent cells racing to create a fresh
+        ensure_experiment(target)  # SQLite store's tables fail ("table ... already exists") and cost a retry
     env = {**worker_env(), "PREFECT_API_URL": prefect_api_url()}
     with remote_options(**cell_options(cfg.compute), runtime_env={"env_vars": env}):
         futures = cell_task.map(

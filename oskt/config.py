@@ -157,9 +157,13 @@ class TeacherConfig:
     epochs: int = 200
     milestones: tuple[int, ...] = (40, 70, 130)
     """Epochs at which the learning rate is multiplied by ``train.gamma`` (multistep schedule only)."""
+    lr: float | None = None
+    """The teacher's base learning rate; ``null`` = ``train.lr`` (the authors' recipe: one rate for every phase).
+    Profiles that train a small teacher from scratch on CPU set a higher one."""
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check(self.lr is None or self.lr > 0, "teacher.lr", self.lr, "null or a float > 0")
         _check(self.arch in ARCHS, "teacher.arch", self.arch, f"one of {ARCHS}")
         _check(self.last_stride in (1, 2), "teacher.last_stride", self.last_stride, "1 or 2")
         _check(
@@ -577,6 +581,13 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _apply(tree: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    for text in overrides:
+        key, value = parse_override(text)
+        _set(tree, key, value)
+    return tree
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"train.lr=1e-3"`` -> ``("train.lr", 0.001)``; the value is parsed as YAML (lists: ``[0,1,2]``)."""
     if "=" not in text:
@@ -633,10 +644,7 @@ def load_config(
     name = profile or file_data.get("profile") or "quick"
     tree = _merge(read_profile(name), {k: v for k, v in file_data.items() if k != "profile"})
     tree["profile"] = name
-    for text in overrides:
-        key, value = parse_override(text)
-        _set(tree, key, value)
-    return _build(Config, tree, "")
+    return _build(Config, _apply(tree, overrides), "")
 
 
 def dump_config(cfg: Config) -> str:
@@ -651,6 +659,11 @@ def write_resolved(cfg: Config, folder: str, name: str = "config.yaml") -> str:
     path = io.join(folder, name)
     io.write_text_atomic(path, dump_config(cfg))
     return path
+
+
+def with_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """``cfg`` with ``key=value`` overrides applied (checked like ``--set``)."""
+    return _build(Config, _apply(cfg.to_dict(), overrides), "")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -32,4 +32,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     params = args.params
     if params is None and args.profile is None and os.path.exists("params.yaml"):
         params = "params.yaml"
-    return load_config(params=params, profile=args.profile, overrides=args.overrides)
+    cfg = load_config(params=params, profile=args.profile, overrides=args.overrides)
+    if cfg.compute.num_threads > 0:  # torch's intra-op threads for this command (0 = torch's default)
+        from oskt.runtime import set_threads
+
+        set_threads(cfg.compute.num_threads)
+    return cfg

@@ -131,15 +131,21 @@ def run_pipeline(args: argparse.Namespace) -> int:
     from oskt.pipeline.run import parent_env, pipeline_run
 
     params = ensure_params(args.params or "params.yaml", args.profile, args.force_params)
-    cfg = load_config(params=params, overrides=args.overrides)
+    overrides = list(args.overrides)
+    if args.ablation:
+        from oskt.pipeline.ablation import ablation_overrides, prepare_ablation
+
+        main_cfg = load_config(params=params)
+        prepare_ablation(main_cfg, args.ablation, overrides)  # one clear error for a bad name / no --set first
+        overrides = ablation_overrides(main_cfg, args.ablation, overrides)
+        args.orchestrator = "prefect"  # an ablation is params.yaml + overrides: DVC's outputs stay the main run's
+    cfg = load_config(params=params, overrides=overrides)
     preflight(cfg)
     paths = Paths(cfg.compute.out_dir)
     if args.orchestrator == "prefect":
         from flows.pipeline import oskt_pipeline
 
-        rec = oskt_pipeline(
-            params=params, overrides=list(args.overrides), ray_address=args.ray_address, num_cpus=_num_cpus(args)
-        )
+        rec = oskt_pipeline(params=params, overrides=overrides, ray_address=args.ray_address, num_cpus=_num_cpus(args))
         _print_where(cfg, rec.markdown)
         return 0
     if not os.path.isdir(".dvc"):
@@ -187,7 +193,14 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a key (prefect orchestrator only)",
+        help="override a key (prefect orchestrator or --ablation only)",
+    )
+    p.add_argument(
+        "--ablation",
+        default=None,
+        metavar="NAME",
+        help="run the OSKT rows again with the --set overrides into <out>/ablations/NAME (Prefect orchestrator, "
+        "the main run's teachers reused); `oskt report` then adds a row 'OSKT (NAME)'",
     )
     p.add_argument("--force-params", action="store_true", help="rewrite the params file for --profile")
     p.add_argument(

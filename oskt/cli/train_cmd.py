@@ -17,7 +17,12 @@ def _teacher(args: argparse.Namespace) -> int:
     from oskt.train import train_teacher
 
     cfg = config_from_args(args)
-    return _report(train_teacher(cfg, args.dataset or cfg.data.sources[0], args.output, resume=not args.restart))
+    dataset = args.dataset or cfg.data.sources[0]
+    if args.val_ids:
+        from oskt.data import holdout_split, load_dataset
+
+        dataset = holdout_split(load_dataset(dataset, cfg.data), args.val_ids, cfg.teacher.seed)
+    return _report(train_teacher(cfg, dataset, args.output, resume=not args.restart))
 
 
 def _chain(args: argparse.Namespace) -> int:
@@ -51,6 +56,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     t = verbs.add_parser("teacher", help="train the teacher (SPEC.md §4.2-4.3)")
     t.add_argument("--dataset", default=None, help="data set name (default: the first of data.sources)")
+    t.add_argument(
+        "--val-ids",
+        type=int,
+        default=0,
+        metavar="N",
+        help="hold out N training identities as query/gallery and evaluate on them instead of the test split "
+        "(choose a recipe without touching test)",
+    )
     t.set_defaults(func=_teacher)
 
     c = verbs.add_parser("chain", help="cluster a teacher into a weight chain and refine it (SPEC.md §2, §4.1)")

@@ -6,7 +6,7 @@ from oskt.data.cache import CachedImages, cache_bytes, use_memory_cache
 from oskt.data.fewshot import few_shot_ids, subset_records
 from oskt.data.layouts import check_images, dataset_path, detect_layout, load_dataset, load_layout, read_image
 from oskt.data.loaders import ImageDataset, build_test_loader, build_train_loader
-from oskt.data.records import ImageRecord, ReIDDataset, relabel
+from oskt.data.records import ImageRecord, ReIDDataset, holdout_split, relabel
 from oskt.data.sampler import RandomIdentitySampler
 from oskt.data.synthetic import make_synthetic
 from oskt.data.transforms import build_test_transform, build_train_transform, normalization
@@ -27,6 +27,7 @@ __all__ = [
     "dataset_path",
     "detect_layout",
     "few_shot_ids",
+    "holdout_split",
     "load_dataset",
     "load_layout",
     "make_synthetic",

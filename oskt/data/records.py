@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-__all__ = ["ImageRecord", "ReIDDataset", "relabel", "split_stats"]
+import numpy as np
+
+from oskt.errors import ConfigError
+
+__all__ = ["ImageRecord", "ReIDDataset", "holdout_split", "relabel", "split_stats"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +83,40 @@ class ReIDDataset:
         for split, s in self.stats().items():
             lines.append(f"  {split:<8} {s['ids']:>7} {s['images']:>8} {s['cameras']:>8}")
         return "\n".join(lines)
+
+
+def holdout_split(ds: ReIDDataset, val_ids: int, seed: int = 0) -> ReIDDataset:
+    """A validation data set carved out of ``ds.train``, for choosing a recipe without touching the test split.
+
+    ``val_ids`` training identities (a seeded random choice) are held out: one image per (identity, camera) becomes
+    a query and the rest of their images the gallery; the other identities stay the training split (relabelled).
+    Held-out pids are shifted by one so none of them reads as a distractor (pid 0).
+
+    Args:
+        ds: the data set; only its training split is used.
+        val_ids: identities to hold out; at least 2, and at least 2 must remain for training.
+        seed: the same seed and data set give the same split.
+    """
+    ids = sorted({r.pid for r in ds.train})
+    if not 2 <= val_ids <= len(ids) - 2:
+        raise ConfigError(
+            f"val_ids={val_ids} is not allowed for {ds.name}: expected 2..{len(ids) - 2} "
+            f"(the training split has {len(ids)} identities)"
+        )
+    rng = np.random.default_rng([seed, len(ids), val_ids])
+    held = {ids[i] for i in rng.choice(len(ids), size=val_ids, replace=False)}
+    query: list[ImageRecord] = []
+    gallery: list[ImageRecord] = []
+    seen: set[tuple[int, int]] = set()
+    for i in rng.permutation(len(ds.train)):
+        r = ds.train[int(i)]
+        if r.pid not in held:
+            continue
+        r = replace(r, pid=r.pid + 1)
+        key = (r.pid, r.camid)
+        (gallery if key in seen else query).append(r)
+        seen.add(key)
+    query.sort(key=lambda r: (r.pid, r.camid, r.path))
+    gallery.sort(key=lambda r: (r.pid, r.camid, r.path))
+    train = relabel(r for r in ds.train if r.pid not in held)
+    return ReIDDataset(name=f"{ds.name}-val{val_ids}", train=train, query=query, gallery=gallery)

@@ -11,11 +11,12 @@ import csv
 import io as _io
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from oskt import io
 from oskt.config import Config
 from oskt.errors import OsktError
+from oskt.pipeline.ablation import find_ablations
 from oskt.pipeline.grid import cell_fingerprint, grid_cells
 from oskt.pipeline.records import GridCell, Paths, ReportRecord, TrackingTarget
 
@@ -119,8 +120,21 @@ def _fmt_count(n: float, unit: str) -> str:
     return f"{n / 1e9:.2f}G" if n >= 1e8 else f"{n / 1e6:.1f}M"  # MACs: G, or M for the tiny CPU profiles
 
 
-def to_markdown(cfg: Config, rows: list[Row], missing: list[GridCell]) -> str:
-    """Paper layout: one table per scenario (and few-shot fraction), methods × students, "mAP/R1" in %."""
+def method_label(method: str) -> str:
+    """Display name: ``OSKT``, ``DepGraph``, ...; an ablation row ``oskt[NAME]`` reads ``OSKT (NAME)``."""
+    base, _, variant = method.partition("[")
+    name = METHOD_NAMES.get(base, base)
+    return f"{name} ({variant.rstrip(']')})" if variant else name
+
+
+def row_methods(cfg: Config, rows: list[Row]) -> list[str]:
+    """The configured methods, then the ablation rows present (``oskt[NAME]``), sorted."""
+    return list(cfg.students.methods) + sorted({r.method for r in rows if "[" in r.method})
+
+
+def to_markdown(cfg: Config, rows: list[Row], missing: list[GridCell], ablations: dict[str, str] | None = None) -> str:
+    """Paper layout: one table per scenario (and few-shot fraction), methods × students, "mAP/R1" in %; ablation
+    rows (``ablations``: name → its overrides) after the methods."""
     by = {(r.scenario, r.few_shot, r.method, r.student): r for r in rows}
     out = [
         f"# OSKT comparison ({cfg.profile} profile)",
@@ -148,10 +162,14 @@ def to_markdown(cfg: Config, rows: list[Row], missing: list[GridCell]) -> str:
                     else s
                 )
             out += [title, "", "| Method | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
-            for m in cfg.students.methods:
+            for m in row_methods(cfg, rows):
                 vals = [by[(sc, fs, m, s)].cell_text() if (sc, fs, m, s) in by else "—" for s in cfg.students.names]
-                out.append(f"| {METHOD_NAMES.get(m, m)} | " + " | ".join(vals) + " |")
+                out.append(f"| {method_label(m)} | " + " | ".join(vals) + " |")
             out.append("")
+    if ablations:
+        out += ["Ablations (OSKT rows under changed settings, same teacher and fine-tuning):", ""]
+        out += [f"- OSKT ({name}): `{over}`" for name, over in sorted(ablations.items())]
+        out.append("")
     if missing:
         out += [f"Missing from MLflow ({len(missing)} cells): " + ", ".join(c.name for c in missing[:20]), ""]
     return "\n".join(out)
@@ -192,13 +210,19 @@ def plot(cfg: Config, rows: list[Row], x: str) -> bytes:
     scen = list(cfg.students.scenarios)
     fig, axes = plt.subplots(1, len(scen), figsize=(5 * len(scen), 4), squeeze=False)
     for ax, sc in zip(axes[0], scen, strict=True):
-        for m in cfg.students.methods:
+        for m in row_methods(cfg, rows):
             pts = sorted(
                 (getattr(r, x), r.map_mean) for r in rows if r.scenario == sc and r.method == m and r.few_shot == fs
             )
             if pts:
                 scale = 1e6 if x == "params" else 1e9
-                ax.plot([p[0] / scale for p in pts], [p[1] for p in pts], marker="o", label=METHOD_NAMES.get(m, m))
+                ax.plot(
+                    [p[0] / scale for p in pts],
+                    [p[1] for p in pts],
+                    marker="o",
+                    linestyle="--" if "[" in m else "-",
+                    label=method_label(m),
+                )
         ax.set_title(sc.replace("->", " → "))
         ax.set_xlabel("parameters (M)" if x == "params" else "MACs (G)")
         ax.set_ylabel("mAP (%)")
@@ -222,10 +246,17 @@ def report(cfg: Config, paths: Paths, target: TrackingTarget | None) -> ReportRe
             f"{target.uri}: run the student grid first"
         )
     rows = aggregate(found)
+    ablations = {}
+    for name, acfg in find_ablations(cfg).items():
+        a_found, a_missing = collect(acfg, target)
+        rows += [replace(r, method=f"{r.method}[{name}]") for r in aggregate(a_found)]
+        missing += [replace(c, method=f"{c.method}[{name}]") for c in a_missing]
+        diff = {k: v for k, v in acfg.flat().items() if cfg.flat().get(k) != v and not k.startswith("compute.")}
+        ablations[name] = ", ".join(f"{k}={v}" for k, v in sorted(diff.items()) if k != "students.methods")
     out = paths.report_dir()
     io.makedirs(out)
     files = {
-        "report.md": to_markdown(cfg, rows, missing).encode(),
+        "report.md": to_markdown(cfg, rows, missing, ablations).encode(),
         "report.csv": to_csv(rows).encode(),
         "acc_vs_params.png": plot(cfg, rows, "params"),
         "acc_vs_macs.png": plot(cfg, rows, "macs"),

@@ -7,6 +7,7 @@ Recipes: ../shared/SPEC.md ยง4 (losses, optimisers, schedules, refinement) and ย
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -171,7 +172,9 @@ def train_teacher(
     loss = ReIDLoss(cfg.train, ds.num_train_pids, model.spec.feat_dim).to(device)
     loader = build_train_loader(ds.train, cfg.data, cfg.train, cfg.teacher.family, seed)
     tr = _trainable(
-        cfg,
+        cfg
+        if cfg.teacher.lr is None
+        else dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=cfg.teacher.lr)),
         {"model": model, "loss": loss},
         model.named_parameters(),
         [loss],

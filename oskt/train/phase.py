@@ -167,14 +167,14 @@ def fit(ph: Phase, resume: bool) -> tuple[list[dict[str, float]], float]:
 def finish(
     ph: Phase, checkpoint: str, metrics: dict[str, float], history: list[dict[str, float]], seconds: float
 ) -> TrainResult:
-    """Write ``metrics.json`` (which marks the run finished), log the final metrics and artifacts, drop
-    ``last.pt``."""
+    """Write ``metrics.json`` (which marks the run finished), log the final metrics and ``metrics.json``, drop
+    ``last.pt``. Checkpoints are not uploaded here: the caller decides (the pipeline's stages and grid cells log
+    them once, under ``checkpoint/``, when ``tracking.log_checkpoints``)."""
     final = {**{k: float(v) for k, v in metrics.items()}, "seconds": float(seconds), "epochs": float(ph.opts.epochs)}
     io.write_json_atomic(io.join(ph.out_dir, HISTORY), history)
     mpath = io.join(ph.out_dir, METRICS)
     io.write_json_atomic(mpath, final)
     ph.tracker.log_metrics({f"{ph.name}/final_{k}": v for k, v in final.items()}, step=ph.opts.epochs)
-    ph.tracker.log_artifact(checkpoint)
     ph.tracker.log_artifact(mpath)
     last = io.join(ph.out_dir, LAST)
     if not io.is_url(last) and os.path.exists(last):

@@ -99,6 +99,27 @@ def test_grid_survives_a_killed_ray_worker(stack, monkeypatch, tmp_path) -> None
     assert [r.data.tags["oskt.cell"] for r in killed] == [f"{victim}__seed0__fs1"]
 
 
+def test_ablation_reuses_the_teacher_and_adds_a_report_row(stack, monkeypatch) -> None:  # noqa: ANN001
+    from flows.pipeline import oskt_pipeline
+    from oskt.cli.pipeline_cmd import run_main
+    from oskt.pipeline import Paths, report
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = _params(stack, "abl", "students.names=[S1]", "students.scenarios=[synth_a->synth_a]")
+    oskt_pipeline(params=params)
+    assert run_main(["--params", params, "--ablation", "rand", "--set", "chain.init=random"]) == 0
+    cfg = load_config(params=params)
+    target = target_from_config(cfg, parent_run_id="")
+    teachers = search_runs(target, "tags.`oskt.stage` = 'teacher'")
+    assert len(teachers) == 1  # the ablation reused the main run's teacher
+    chains = search_runs(target, "tags.`oskt.stage` = 'chain'")
+    assert len(chains) == 2 * len(cfg.chain.widths)  # the ablation refined its own chains
+    cells = search_runs(target, "tags.`oskt.kind` = 'cell'")
+    assert len(cells) == len(grid_cells(cfg)) + len(cfg.students.seeds)  # + the OSKT cells of the ablation
+    md = io.read_bytes(report(cfg, Paths(cfg.compute.out_dir), target).markdown).decode()
+    assert "| OSKT (rand) |" in md and "- OSKT (rand): `chain.init=random`" in md
+
+
 def test_nightly_deployment_is_registered_and_the_scheduler_creates_runs(stack) -> None:  # noqa: ANN001
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import pytest
@@ -101,12 +102,12 @@ def test_train_teacher_writes_its_folder_and_learns(teacher_run) -> None:  # noq
     assert not os.path.exists(os.path.join(out, "last.pt"))
     m = io.read_json(os.path.join(out, "metrics.json"))
     assert 0.0 <= m["mAP"] <= 1.0 and 0.0 <= m["rank1"] <= 1.0 and m["epochs"] == 4 and m["seconds"] > 0
-    # tracker: params once, one batched log_metrics per epoch (+ the final one), both artifacts
+    # tracker: params once, one batched log_metrics per epoch (+ the final one), metrics.json
     assert tracker.params["train.lr"] == 2e-3
     epochs = [s for s, m in tracker.metrics if "teacher/loss" in m]
     assert epochs == [1, 2, 3, 4]
     assert {"teacher/lr", "teacher/images_per_s", "teacher/loss_tri"} <= set(tracker.metrics[0][1])
-    assert [os.path.basename(p) for p, _ in tracker.artifacts] == ["teacher.pt", "metrics.json"]
+    assert [os.path.basename(p) for p, _ in tracker.artifacts] == ["metrics.json"]  # the caller uploads checkpoints
 
 
 def test_finished_run_returns_at_once(root: str, teacher_run) -> None:  # noqa: ANN001
@@ -194,6 +195,14 @@ def test_cli_train_teacher(root: str, tmp_path, capsys) -> None:  # noqa: ANN001
         args += ["--set", o]
     assert main(args) == 0
     assert os.path.exists(tmp_path / "teacher.pt") and '"mAP"' in capsys.readouterr().out
+    # --val-ids: trained on the other ids, evaluated on the held-out ones; teacher.lr is the teacher's own rate
+    val = tmp_path / "val"
+    assert main([*args[:4], "-o", str(val), *args[6:], "--val-ids", "4", "--set", "teacher.lr=0.01"]) == 0
+    meta = torch.load(val / "teacher.pt", weights_only=True)
+    assert meta["extra"]["dataset"] == "synth_a-val4" and meta["config"]["teacher"]["lr"] == 0.01
+    lr = [json.loads((d / "history.json").read_text())[0]["lr"] for d in (tmp_path, val)]
+    train_lr = load_config(profile="smoke").train.lr
+    assert lr[1] / lr[0] == pytest.approx(0.01 / train_lr)  # same schedule point, the teacher's own base rate
 
 
 def test_vit_recipe_teacher_refine_student(root: str, tmp_path) -> None:  # noqa: ANN001

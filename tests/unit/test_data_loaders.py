@@ -17,6 +17,7 @@ from oskt.data import (
     build_train_loader,
     build_train_transform,
     few_shot_ids,
+    holdout_split,
     load_dataset,
     normalization,
     subset_records,
@@ -110,3 +111,23 @@ def test_few_shot() -> None:
     assert sorted({r.pid for r in sub}) == list(range(6)) and len(sub) == 18
     with pytest.raises(DataError, match="subset is empty"):
         subset_records(recs, [99])
+
+
+def test_holdout_split_keeps_test_untouched_and_ids_disjoint() -> None:
+    from oskt.data import ReIDDataset
+
+    train = [ImageRecord(f"t{p}_{c}_{k}.jpg", p, c) for p in range(12) for c in range(3) for k in range(2)]
+    test = [ImageRecord("q.jpg", 500, 0)]
+    ds = ReIDDataset("d", train=train, query=test, gallery=test)
+    val = holdout_split(ds, 4, seed=0)
+    assert val.name == "d-val4" and val.num_train_pids == 8
+    assert sorted({r.pid for r in val.train}) == list(range(8))  # relabelled for the classifier
+    held = {r.pid for r in val.query}
+    assert len(held) == 4 and held == {r.pid for r in val.gallery} and 0 not in held  # no pid reads as distractor
+    assert len(val.query) == 4 * 3 and len({(r.pid, r.camid) for r in val.query}) == 12  # one per (id, camera)
+    assert len(val.gallery) == 4 * 3 * 2 - 12
+    kept = {r.path for r in val.train} | {r.path for r in val.query} | {r.path for r in val.gallery}
+    assert kept == {r.path for r in train} and len(kept) == len(train)  # every image used once, test never
+    assert holdout_split(ds, 4, seed=0) == val and holdout_split(ds, 4, seed=1).query != val.query
+    with pytest.raises(ConfigError, match="val_ids=11"):
+        holdout_split(ds, 11)

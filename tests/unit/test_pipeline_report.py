@@ -51,3 +51,43 @@ def test_plots_are_png() -> None:
     rows = aggregate(_found(cfg))
     assert plot(cfg, rows, "params")[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot(cfg, rows, "macs")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ablation_rows_follow_the_methods() -> None:
+    from dataclasses import replace
+
+    cfg = load_config(profile="smoke")
+    rows = aggregate(_found(cfg))
+    rows += [replace(r, method="oskt[random-init]", map_mean=12.5) for r in rows if r.method == "oskt"]
+    md = to_markdown(cfg, rows, [], {"random-init": "chain.init=random"})
+    table = md.split("## ")[1]
+    lines = [ln for ln in table.splitlines() if ln.startswith("| ")]
+    assert lines[-1].startswith("| OSKT (random-init) | 12.5/")  # after the five methods, same columns
+    assert [ln.split(" |")[0][2:] for ln in lines[1:-1]] == [METHOD_NAMES[m] for m in cfg.students.methods]
+    assert "- OSKT (random-init): `chain.init=random`" in md
+    csv_rows = list(csv.DictReader(io.StringIO(to_csv(rows))))
+    assert {r["method"] for r in csv_rows} >= {"oskt", "oskt[random-init]"}
+
+
+def test_ablation_configs_are_recorded_and_found(tmp_path) -> None:  # noqa: ANN001
+    from oskt import io as oio
+    from oskt.errors import ConfigError
+    from oskt.pipeline.ablation import ablation_config, find_ablations, prepare_ablation
+    from oskt.pipeline.records import Paths
+
+    cfg = load_config(profile="smoke", overrides=[f"compute.out_dir={tmp_path}/out"])
+    teacher = Paths(cfg.compute.out_dir).teacher_dir(cfg.data.sources[0])
+    oio.write_json_atomic(oio.join(teacher, "result.json"), {"fingerprint": "abc", "checkpoint": "x"})
+    acfg = prepare_ablation(cfg, "cosine", ["chain.metric=cosine"])
+    assert acfg.chain.metric == "cosine" and acfg.students.methods == ("oskt",)
+    assert acfg.compute.out_dir == f"{tmp_path}/out/ablations/cosine"
+    assert acfg.teacher == cfg.teacher and acfg.students.names == cfg.students.names
+    copied = Paths(acfg.compute.out_dir).teacher_dir(cfg.data.sources[0])
+    assert oio.read_json(oio.join(copied, "result.json"))["fingerprint"] == "abc"  # the main teacher is reused
+    assert find_ablations(cfg) == {"cosine": acfg}
+    with pytest.raises(ConfigError, match="no --set"):
+        ablation_config(cfg, "empty", [])
+    with pytest.raises(ConfigError, match="ablation name"):
+        ablation_config(cfg, "../x", ["chain.init=random"])
+    with pytest.raises(ConfigError, match="chain.nope"):
+        ablation_config(cfg, "bad", ["chain.nope=1"])
