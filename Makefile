@@ -8,7 +8,7 @@ STAMP := $(VENV)/.oskt-synced
 export UV_PYTHON_DOWNLOADS := never
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: setup run test lint bench clean-env
+.PHONY: setup run test lint bench results clean-env
 
 $(STAMP): pyproject.toml uv.lock
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
@@ -22,6 +22,16 @@ run: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q tests
+
+# The comparison of docs/results.md: the quick grid with 3 seeds (only the new cells run after `make run`), the
+# three ablations of the paper (OSKT rows only, the teacher reused), then the report with the ablation rows.
+SEEDS ?= [0,1,2]
+results: run
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc exp run -S 'students.seeds=$(SEEDS)'
+	$(VENV)/bin/oskt run --ablation random-init --set chain.init=random
+	$(VENV)/bin/oskt run --ablation cosine --set chain.metric=cosine
+	$(VENV)/bin/oskt run --ablation one-chain --set 'chain.widths=[8]'
+	$(VENV)/bin/oskt report
 
 lint: setup
 	$(VENV)/bin/ruff check oskt flows tests bench

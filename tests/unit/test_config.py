@@ -140,3 +140,25 @@ def test_cli_help_on_every_verb() -> None:
         assert p.format_help(), verb
         r = _oskt(verb, "--help")
         assert r.returncode == 0 and "usage:" in r.stdout, (verb, r.stderr)
+
+
+def test_with_overrides_applies_and_checks_like_set() -> None:
+    from oskt.config import with_overrides
+
+    cfg = load_config(profile="quick")
+    out = with_overrides(cfg, ["chain.init=random", "students.seeds=[0,1,2]"])
+    assert out.chain.init == "random" and out.students.seeds == (0, 1, 2) and out.teacher == cfg.teacher
+    with pytest.raises(ConfigError, match="chain.init"):
+        with_overrides(cfg, ["chain.init=nearest"])
+
+
+def test_compute_num_threads_is_honoured_by_cli_commands() -> None:
+    code = (
+        "import argparse, torch\n"
+        "from oskt.cli.common import config_from_args\n"
+        "a = argparse.Namespace(params=None, profile='smoke', overrides=['compute.num_threads=1'])\n"
+        "config_from_args(a)\n"
+        "print(torch.get_num_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
