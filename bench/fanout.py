@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from oskt.pipeline.records import Paths, TrackingTarget
 
     tmp = tempfile.mkdtemp(prefix="oskt-fanout-")
-    epochs, iters = (2, 12) if args.quick else (6, 50)  # full: cells of ~10 s, nearer a real grid cell
+    epochs, iters = (2, 12) if args.quick else (6, 50)  # full: 300 steps per cell
     seeds = "[" + ",".join(str(i) for i in range(args.cells)) + "]"
     cfg = load_config(
         profile="smoke",
