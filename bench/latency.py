@@ -1,6 +1,6 @@
 """CPU inference latency of the OSKT student series: PyTorch eager versus ONNX Runtime.
 
-Every model of the series (Res-50 S1…S6 and the teacher, ViT-S S1/S2 and the teacher) at two input sizes
+Every model of the series (Res-50 S1…S6 and the teacher, ViT-S and ViT-B S1/S2 and their teachers) at two input sizes
 (256×128, the paper's, and 64×32, the quick profile's) and batch sizes 1 and 32. Both runtimes use the same number
 of threads (``torch.set_num_threads`` = ORT ``intra_op_num_threads``); each figure is the median of N timed runs
 after a warm-up. Weights are random (a dense forward costs the same whatever the weights); the ONNX file is the
@@ -45,7 +45,8 @@ def series(quick: bool, with_vit: bool) -> list[tuple[str, ModelSpec]]:
         for n in ("S1", "S2", "S3", "S4", "S5", "S6", "T")
     ]
     if with_vit:
-        out += [(f"ViT-S-{n}" if n != "T" else "ViT-S (T)", parse_spec(n, "vit_small")) for n in ("S1", "S2", "T")]
+        for arch, short in (("vit_small", "ViT-S"), ("vit_base", "ViT-B")):
+            out += [(f"{short}-{n}" if n != "T" else f"{short} (T)", parse_spec(n, arch)) for n in ("S1", "S2", "T")]
     return out
 
 
@@ -159,7 +160,7 @@ def cpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="Res-50 S1 and S3, batch 1 only (< 1 min)")
-    p.add_argument("--no-vit", action="store_true", help="leave out the ViT-S series")
+    p.add_argument("--no-vit", action="store_true", help="leave out the ViT-S / ViT-B series")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="batch sizes (default 1 32)")
     p.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1), help="threads for both runtimes")
     p.add_argument("--warmup", type=int, default=3)

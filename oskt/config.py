@@ -11,6 +11,8 @@ the whole tree and never a path to ``params.yaml``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +30,45 @@ PROFILES = ("smoke", "quick", "paper", "smoke_vit", "quick_vit", "paper_vit")
 ARCHS = ("resnet50", "vit_small", "vit_base")
 METHODS = ("oskt", "scratch", "wtsel", "kdpp", "depgraph")
 LAYOUTS = ("synthetic", "market1501", "msmt17", "cuhk03", "folder", "csv")
+
+
+# Keys that change how a run looks, not what it computes: they never invalidate a finished output.
+COSMETIC_KEYS = ("data.num_workers", "train.progress", "train.log_every", "eval.batch_size", "eval.query_chunk")
+
+
+# What a phase's result depends on in the config. A folder's finished run or ``last.pt`` is reused only when it was
+# made with the same entries (and the same inputs: data set, teacher, init checkpoint, ...), so changing e.g.
+# ``students.lr`` and running again into the same folder trains again instead of returning the old result.
+PHASE_PARAMS: dict[str, tuple[str, ...]] = {
+    "teacher": ("data", "teacher", "train", "eval"),
+    "chain": ("data", "teacher", "chain", "train", "eval"),
+    "student": (
+        "data",
+        "teacher",
+        "chain",
+        "baselines",
+        "train",
+        "eval",
+        "students.epochs",
+        "students.milestones",
+        "students.lr",
+    ),
+}
+
+
+def fingerprint(flat: dict[str, Any], keys: tuple[str, ...], extra: dict[str, Any] | None = None) -> str:
+    """A short stable hash of the flattened config entries under ``keys`` (plus ``extra``).
+
+    Args:
+        flat: ``Config.flat()``.
+        keys: sections (``data``) or dotted keys (``students.epochs``) to include.
+        extra: more values that identify the output (e.g. a grid cell).
+    """
+    picked = {
+        k: v for k, v in flat.items() if any(k == p or k.startswith(p + ".") for p in keys) and k not in COSMETIC_KEYS
+    }
+    blob = json.dumps({"params": picked, "extra": extra or {}}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -116,6 +157,10 @@ class DataConfig:
     """DataLoader worker processes (0 = load in the main process)."""
     bad_images: str = "fail"
     """Policy for unreadable images: ``fail`` (error naming the file) or ``skip`` (drop and count)."""
+    val_ids: int = 0
+    """Validation protocol: hold out this many *training* identities of every data set (a fixed seeded choice,
+    ``oskt.data.holdout_split``) as its query / gallery, train on the rest, and never read the test split; use it
+    to choose a recipe (``--set data.val_ids=30``) into its own ``compute.out_dir``. 0 = the standard protocol."""
     cache: str = "auto"
     """Training images: ``memory`` = decode every image once (resized to ``height`` x ``width``) into one uint8
     tensor in RAM and augment batches on the training device (no loader workers); ``none`` = decode and augment
@@ -133,6 +178,7 @@ class DataConfig:
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
         _check(self.bad_images in ("fail", "skip"), "data.bad_images", self.bad_images, "'fail' or 'skip'")
         _check(self.cache in ("auto", "memory", "none"), "data.cache", self.cache, "auto|memory|none")
+        _check(self.val_ids >= 0, "data.val_ids", self.val_ids, "an integer >= 0 (0 = no validation split)")
 
 
 # --------------------------------------------------------------------------------------------------- models
@@ -195,6 +241,9 @@ class ChainConfig:
     epochs: int = 100
     """Refinement epochs (teacher + S-Student trained jointly)."""
     milestones: tuple[int, ...] = (50, 70)
+    lr: float | None = None
+    """Refinement base learning rate; ``null`` = the teacher's (``teacher.lr``, else ``train.lr``): refinement goes
+    on training the teacher, and the authors use one rate for both phases (SPEC.md §4.3)."""
     refine_weight: float = 1.0
     """Weight of the refining loss (sum of squared row differences)."""
     refine_schedule: str = "auto"
@@ -212,6 +261,7 @@ class ChainConfig:
         _check(self.metric in ("auto", "euclidean", "cosine"), "chain.metric", self.metric, "auto|euclidean|cosine")
         _check(self.init in ("center", "random"), "chain.init", self.init, "'center' or 'random'")
         _check(self.epochs >= 0, "chain.epochs", self.epochs, "an integer >= 0 (0 = no refinement)")
+        _check(self.lr is None or self.lr > 0, "chain.lr", self.lr, "null or a float > 0")
         _check(self.refine_weight >= 0, "chain.refine_weight", self.refine_weight, "a float >= 0")
         _check(
             self.refine_schedule in ("auto", "constant", "linear"),
@@ -235,8 +285,11 @@ class StudentsConfig:
     """Fractions of target training identities used for fine-tuning (1.0 = all)."""
     epochs: int = 100
     milestones: tuple[int, ...] = (40, 70, 90)
+    lr: float | None = None
+    """Fine-tuning base learning rate, the same for every method; ``null`` = ``train.lr``."""
 
     def __post_init__(self) -> None:
+        _check(self.lr is None or self.lr > 0, "students.lr", self.lr, "null or a float > 0")
         _check(len(self.names) >= 1, "students.names", self.names, "at least one student")
         for m in self.methods:
             _check(m in METHODS, "students.methods", m, f"one of {METHODS}")
@@ -439,6 +492,18 @@ class Config:
         from oskt.models.spec import check_students  # late import: spec parsing lives with the models
 
         check_students(self.teacher, self.chain, self.students)
+
+    def phase_lr(self, phase: str) -> float:
+        """Base learning rate of a training phase (``teacher``, ``chain`` or ``students``): the phase's own ``lr``
+        when set; refinement falls back to the teacher's, everything to ``train.lr``."""
+        own = {"teacher": self.teacher.lr, "chain": self.chain.lr, "students": self.students.lr}
+        if phase not in own:
+            raise ValueError(f"unknown training phase {phase!r}: expected one of {sorted(own)}")
+        if own[phase] is not None:
+            return own[phase]
+        if phase == "chain" and self.teacher.lr is not None:
+            return self.teacher.lr
+        return self.train.lr
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)

@@ -75,8 +75,15 @@ class RefineModel(nn.Module):
         if self.training:
             self.sync_chain()
         t = self.teacher(x)
-        s = functional_call(self.student, self.student_params(), (x,))
-        return t, s
+        return t, self.student_forward(x)
+
+    def student_forward(self, x: Tensor) -> ReIDOutput | Tensor:
+        """The S-Student alone (training: its ``ReIDOutput``; eval: its retrieval feature)."""
+        return functional_call(self.student, self.student_params(), (x,))
+
+    def s_student(self) -> SStudentView:
+        """A module view of the S-Student (for evaluation: ``model(x)`` in eval mode gives its features)."""
+        return SStudentView(self)
 
     def refining_loss(self) -> Tensor:
         """``Σ_l Σ_i ||W_T,l[i] - C_l[label(i)]||²`` over all clustered layers (+ ViT bias / LN genes), SPEC.md §4.1."""
@@ -96,3 +103,24 @@ class RefineModel(nn.Module):
         """Refresh the chain's teacher snapshot (BN stats / affine, ViT stem, proj biases) from the live teacher;
         called every training step, and to be called before ``save_chain`` if the teacher changed since."""
         self.chain.capture_teacher(self.teacher)
+
+
+class SStudentView(nn.Module):
+    """The S-Student of a ``RefineModel`` as a model of its own (``spec`` = the chain's), sharing every tensor:
+    evaluating it measures the chain network itself, which is what expansion at chain width starts from."""
+
+    def __init__(self, refine: RefineModel) -> None:
+        super().__init__()
+        self.refine = refine
+        self.spec = refine.chain.chain_spec
+
+    @property
+    def neck_feat(self) -> str:
+        return self.refine.student.neck_feat
+
+    @neck_feat.setter
+    def neck_feat(self, value: str) -> None:  # evaluate() sets the retrieval feature for its call
+        self.refine.student.neck_feat = value
+
+    def forward(self, x: Tensor) -> ReIDOutput | Tensor:
+        return self.refine.student_forward(x)

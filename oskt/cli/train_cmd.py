@@ -16,13 +16,10 @@ def _report(result) -> int:  # noqa: ANN001 - a TrainResult
 def _teacher(args: argparse.Namespace) -> int:
     from oskt.train import train_teacher
 
+    if args.val_ids:  # a shortcut for --set data.val_ids=N
+        args.overrides = [*(args.overrides or []), f"data.val_ids={args.val_ids}"]
     cfg = config_from_args(args)
-    dataset = args.dataset or cfg.data.sources[0]
-    if args.val_ids:
-        from oskt.data import holdout_split, load_dataset
-
-        dataset = holdout_split(load_dataset(dataset, cfg.data), args.val_ids, cfg.teacher.seed)
-    return _report(train_teacher(cfg, dataset, args.output, resume=not args.restart))
+    return _report(train_teacher(cfg, args.dataset or cfg.data.sources[0], args.output, resume=not args.restart))
 
 
 def _chain(args: argparse.Namespace) -> int:

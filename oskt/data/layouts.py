@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from oskt import io
 from oskt.config import DataConfig
-from oskt.data.records import ImageRecord, ReIDDataset, relabel
+from oskt.data.records import ImageRecord, ReIDDataset, holdout_split, relabel
 from oskt.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -302,7 +302,8 @@ def load_dataset(name: str, data: DataConfig) -> ReIDDataset:
     """Load ``data.datasets[name]`` (resolved under ``data.root``).
 
     Synthetic data sets must have been generated first (``oskt data make`` or
-    :func:`oskt.data.synthetic.make_synthetic`); a missing one raises a DataError saying so.
+    :func:`oskt.data.synthetic.make_synthetic`); a missing one raises a DataError saying so. With
+    ``data.val_ids`` > 0 the result is the validation protocol (:func:`holdout_split`): the test split is dropped.
     """
     path = dataset_path(name, data)
     entry = data.datasets[name]
@@ -310,7 +311,8 @@ def load_dataset(name: str, data: DataConfig) -> ReIDDataset:
         raise DataError(
             f"synthetic data set {name!r} is not generated at {path}: run `oskt data make --dataset {name}`"
         )
-    return load_layout(path, entry.layout, name=name, cuhk03_split=entry.cuhk03_split, merge_val=entry.merge_val)
+    ds = load_layout(path, entry.layout, name=name, cuhk03_split=entry.cuhk03_split, merge_val=entry.merge_val)
+    return holdout_split(ds, data.val_ids) if data.val_ids else ds
 
 
 def check_images(records: Iterable[ImageRecord], policy: str = "fail") -> tuple[list[ImageRecord], list[str]]:

@@ -54,12 +54,20 @@ class ReIDDataset:
         train: training images, pids relabelled 0..num_train_pids-1.
         query: query images (original pids).
         gallery: gallery images (original pids; distractors kept).
+        protocol: ``test`` (the data set's own query / gallery) or ``valN`` (:func:`holdout_split`: N training
+            identities held out as query / gallery; the test split is not read).
     """
 
     name: str
     train: list[ImageRecord]
     query: list[ImageRecord]
     gallery: list[ImageRecord]
+    protocol: str = "test"
+
+    @property
+    def label(self) -> str:
+        """``name`` plus the protocol when it is not the test split (``synth_a[val30]``), for logs."""
+        return self.name if self.protocol == "test" else f"{self.name}[{self.protocol}]"
 
     @property
     def num_train_pids(self) -> int:
@@ -79,7 +87,7 @@ class ReIDDataset:
 
     def describe(self) -> str:
         """A small table (what ``oskt data info`` prints)."""
-        lines = [f"data set {self.name}", f"  {'split':<8} {'ids':>7} {'images':>8} {'cameras':>8}"]
+        lines = [f"data set {self.label}", f"  {'split':<8} {'ids':>7} {'images':>8} {'cameras':>8}"]
         for split, s in self.stats().items():
             lines.append(f"  {split:<8} {s['ids']:>7} {s['images']:>8} {s['cameras']:>8}")
         return "\n".join(lines)
@@ -100,7 +108,7 @@ def holdout_split(ds: ReIDDataset, val_ids: int, seed: int = 0) -> ReIDDataset:
     ids = sorted({r.pid for r in ds.train})
     if not 2 <= val_ids <= len(ids) - 2:
         raise ConfigError(
-            f"val_ids={val_ids} is not allowed for {ds.name}: expected 2..{len(ids) - 2} "
+            f"data.val_ids={val_ids} is not allowed for {ds.name}: expected 2..{len(ids) - 2} "
             f"(the training split has {len(ids)} identities)"
         )
     rng = np.random.default_rng([seed, len(ids), val_ids])
@@ -119,4 +127,4 @@ def holdout_split(ds: ReIDDataset, val_ids: int, seed: int = 0) -> ReIDDataset:
     query.sort(key=lambda r: (r.pid, r.camid, r.path))
     gallery.sort(key=lambda r: (r.pid, r.camid, r.path))
     train = relabel(r for r in ds.train if r.pid not in held)
-    return ReIDDataset(name=f"{ds.name}-val{val_ids}", train=train, query=query, gallery=gallery)
+    return ReIDDataset(name=ds.name, train=train, query=query, gallery=gallery, protocol=f"val{val_ids}")

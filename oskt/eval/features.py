@@ -92,7 +92,7 @@ def evaluate(
     )
     log.info(
         "%s: mAP %.4f rank1 %.4f mINP %.4f (%d queries, %d gallery, %.1fs)",
-        dataset.name,
+        dataset.label,
         metrics.mAP,
         metrics.rank1,
         metrics.mINP,

@@ -80,8 +80,12 @@ def check_tracking(uri: str) -> None:
             ) from None
     elif uri.startswith("sqlite:///"):
         folder = os.path.dirname(uri[len("sqlite:///") :]) or "."
-        if not os.access(folder, os.W_OK):
-            raise PreflightError(f"MLflow SQLite store {uri}: folder {folder} is not writable")
+        existing = folder
+        while not os.path.isdir(existing):  # the store's folder is created when missing: check where it would be
+            existing = os.path.dirname(existing) or "."
+        if not os.access(existing, os.W_OK):
+            what = "is not writable" if existing == folder else f"cannot be created ({existing} is not writable)"
+            raise PreflightError(f"MLflow SQLite store {uri}: folder {folder} {what}")
 
 
 def preflight(cfg: Config) -> None:

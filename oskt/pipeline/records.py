@@ -7,12 +7,11 @@ cheaply into a Ray worker and serialises to JSON next to the outputs it describe
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from oskt import io
+from oskt.config import COSMETIC_KEYS, PHASE_PARAMS, fingerprint  # noqa: F401 - re-exported for the stages
 
 # What each stage reads from the config (the report recomputes cell fingerprints, so it reads what cells depend on). dvc.yaml lists the same keys (a test keeps them equal), so a change
 # reruns only the stages that read it; the same lists fingerprint outputs for the Prefect path.
@@ -24,27 +23,9 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "report": ("data", "teacher", "chain", "students", "baselines", "train", "eval", "tracking"),
 }
 
-# Keys that change how a run looks, not what it computes: they never invalidate a finished output.
-COSMETIC_KEYS = ("data.num_workers", "train.progress", "train.log_every", "eval.batch_size", "eval.query_chunk")
-
 # The part of the config a single grid cell's result depends on (the grid's own lists are not: adding a seed must
 # not rerun the cells that exist).
-CELL_PARAMS = ("data", "teacher", "chain", "baselines", "train", "eval", "students.epochs", "students.milestones")
-
-
-def fingerprint(flat: dict[str, Any], keys: tuple[str, ...], extra: dict[str, Any] | None = None) -> str:
-    """A short stable hash of the flattened config entries under ``keys`` (plus ``extra``).
-
-    Args:
-        flat: ``Config.flat()``.
-        keys: sections (``data``) or dotted keys (``students.epochs``) to include.
-        extra: more values that identify the output (e.g. a grid cell).
-    """
-    picked = {
-        k: v for k, v in flat.items() if any(k == p or k.startswith(p + ".") for p in keys) and k not in COSMETIC_KEYS
-    }
-    blob = json.dumps({"params": picked, "extra": extra or {}}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+CELL_PARAMS = PHASE_PARAMS["student"]
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,8 @@ def target_from_config(
 def _client(uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
+    if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
+        os.makedirs(os.path.dirname(uri[len("sqlite:///") :]) or ".", exist_ok=True)
     return MlflowClient(tracking_uri=uri)
 
 

@@ -24,7 +24,17 @@ from oskt.tracking import Tracker
 from oskt.train.loop import EpochCallback, LoopOptions, Step, Trainable
 from oskt.train.losses import ReIDLoss
 from oskt.train.optim import build_optimizer, build_scaler, build_schedule
-from oskt.train.phase import Phase, TrainResult, begin, finish, finished, fit, iters_per_epoch, metrics_dict
+from oskt.train.phase import (
+    Phase,
+    TrainResult,
+    begin,
+    finish,
+    finished,
+    fit,
+    iters_per_epoch,
+    metrics_dict,
+    run_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +88,16 @@ def _dataset(cfg: Config, dataset: Any) -> Any:
     return load_dataset(dataset, cfg.data) if isinstance(dataset, str) else dataset
 
 
+def _dataset_id(dataset: Any) -> str:
+    """A data set argument as it identifies a run: its name (and protocol, ``ReIDDataset.label``)."""
+    if dataset is None or isinstance(dataset, str):
+        return dataset or ""
+    return dataset.label
+
+
 def _trainable(
     cfg: Config,
+    phase: str,
     modules: dict[str, nn.Module],
     optimised: Iterable[tuple[str, nn.Parameter]],
     losses: Sequence[ReIDLoss],
@@ -87,7 +105,8 @@ def _trainable(
     milestones: Sequence[int],
     device: torch.device,
 ) -> Trainable:
-    optimizer = build_optimizer(optimised, cfg.train)
+    train = dataclasses.replace(cfg.train, lr=cfg.phase_lr(phase))  # the phase's base rate, the rest is train's
+    optimizer = build_optimizer(optimised, train)
     centers = [(lo.center, lo.center_weight) for lo in losses if lo.center is not None]
     center_opt = (
         torch.optim.SGD([p for c, _ in centers for p in c.parameters()], lr=cfg.train.center_lr) if centers else None
@@ -95,7 +114,7 @@ def _trainable(
     return Trainable(
         modules=modules,
         optimizer=optimizer,
-        schedule=build_schedule(optimizer, cfg.train, epochs, milestones),
+        schedule=build_schedule(optimizer, train, epochs, milestones),
         scaler=build_scaler(device, cfg.train.amp),
         centers=centers,
         center_optimizer=center_opt,
@@ -159,7 +178,8 @@ def train_teacher(
     from oskt.models import build_model, load_pretrained, save_model
 
     ckpt_path = io.join(out_dir, TEACHER_FILE)
-    if resume and (done := finished(out_dir, ckpt_path)) is not None:
+    key = run_key(cfg, "teacher", {"dataset": _dataset_id(dataset)})
+    if resume and (done := finished(out_dir, ckpt_path, key)) is not None:
         return done
     ds = _dataset(cfg, dataset)
     device = select_device(cfg.compute.device)
@@ -172,9 +192,8 @@ def train_teacher(
     loss = ReIDLoss(cfg.train, ds.num_train_pids, model.spec.feat_dim).to(device)
     loader = build_train_loader(ds.train, cfg.data, cfg.train, cfg.teacher.family, seed)
     tr = _trainable(
-        cfg
-        if cfg.teacher.lr is None
-        else dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=cfg.teacher.lr)),
+        cfg,
+        "teacher",
         {"model": model, "loss": loss},
         model.named_parameters(),
         [loss],
@@ -197,6 +216,7 @@ def train_teacher(
         evaluate=_evaluator(cfg, model, ds, device),
         callbacks=callbacks,
         spec=model.spec.to_dict(),
+        key=key,
     )
     ph.tracker = begin(cfg, out_dir, tracker, {"phase": "teacher", "dataset": ds.name})
     history, seconds = fit(ph, resume)
@@ -242,7 +262,8 @@ def refine_chain(
 
     chain_path = io.join(out_dir, CHAIN_FILE)
     teacher_path = io.join(out_dir, REFINED_TEACHER_FILE)
-    if resume and io.exists(teacher_path) and (done := finished(out_dir, chain_path)) is not None:
+    key = run_key(cfg, "chain", {"teacher": teacher_ckpt, "width": width, "dataset": _dataset_id(dataset)})
+    if resume and io.exists(teacher_path) and (done := finished(out_dir, chain_path, key)) is not None:
         return done
     teacher, tckpt = load_model(teacher_ckpt, kind="teacher")
     ds = _dataset(cfg, dataset or tckpt.get("extra", {}).get("dataset") or cfg.data.sources[0])
@@ -263,6 +284,7 @@ def refine_chain(
     loss_s = ReIDLoss(cfg.train, ds.num_train_pids, chain.chain_spec.feat_dim).to(device)
     tr = _trainable(
         cfg,
+        "chain",
         {"model": refine, "loss_t": loss_t, "loss_s": loss_s},
         refine.named_parameters(),
         [loss_t, loss_s],
@@ -292,6 +314,7 @@ def refine_chain(
         tracker=tracker,
         callbacks=callbacks,
         spec=chain.chain_spec.to_dict(),
+        key=key,
     )
     history, seconds = fit(ph, resume) if epochs > 0 else ([], 0.0)
     save_model(
@@ -300,7 +323,10 @@ def refine_chain(
     refine.sync_chain()  # the chain's teacher snapshot must reflect the teacher after its last step
     save_chain(chain_path, chain, config=cfg.to_dict())
     tracker.log_artifact(teacher_path)
-    return finish(ph, chain_path, ph.evaluate(), history, seconds)  # type: ignore[misc]
+    # the teacher's metrics, plus the S-Student's (s_*): the chain network before any expansion or fine-tuning
+    s_metrics = _evaluator(cfg, refine.s_student(), ds, device)()
+    metrics = {**ph.evaluate(), **{f"s_{k}": v for k, v in s_metrics.items()}}  # type: ignore[misc]
+    return finish(ph, chain_path, metrics, history, seconds)
 
 
 # --------------------------------------------------------------------------------------------------- student
@@ -341,7 +367,9 @@ def finetune_student(
     from oskt.models import load_model, save_model
 
     ckpt_path = io.join(out_dir, STUDENT_FILE)
-    if resume and (done := finished(out_dir, ckpt_path)) is not None:
+    inputs = {"init": init_ckpt, "dataset": _dataset_id(dataset), "seed": seed, "few_shot": few_shot}
+    key = run_key(cfg, "student", {**inputs, "aux": type(aux).__name__ if aux is not None else None})
+    if resume and (done := finished(out_dir, ckpt_path, key)) is not None:
         return done
     if not 0.0 < few_shot <= 1.0:
         raise ConfigError(f"few_shot={few_shot!r} is not allowed: expected a fraction in (0, 1]")
@@ -386,7 +414,7 @@ def finetune_student(
             "student.spec": model.spec.name,
         },
     )
-    tr = _trainable(cfg, modules, named, [loss], cfg.students.epochs, cfg.students.milestones, device)
+    tr = _trainable(cfg, "students", modules, named, [loss], cfg.students.epochs, cfg.students.milestones, device)
 
     def loss_fn(images: Tensor, pids: Tensor, step: Step) -> dict[str, Tensor]:
         out = model(images)
@@ -413,6 +441,7 @@ def finetune_student(
         tracker=tracker,
         callbacks=callbacks,
         spec=model.spec.to_dict(),
+        key=key,
     )
     history, seconds = fit(ph, resume)
     save_model(

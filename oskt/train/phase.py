@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from oskt import io
 from oskt.checkpoint import load_checkpoint, save_checkpoint
-from oskt.config import Config, write_resolved
+from oskt.config import PHASE_PARAMS, Config, fingerprint, write_resolved
 from oskt.errors import ConfigError
 from oskt.tracking import NullTracker, Tracker
 from oskt.train.loop import EpochCallback, LoopOptions, LossFn, Trainable, rng_state, run_epochs, set_rng_state
@@ -30,6 +30,11 @@ LAST = "last.pt"
 METRICS = "metrics.json"
 HISTORY = "history.json"
 METRIC_KEYS = ("mAP", "mINP", "rank1", "rank5", "rank10")
+
+
+def run_key(cfg: Config, phase: str, inputs: dict[str, Any]) -> str:
+    """The identity of a phase's run: a hash of the config entries it reads (``PHASE_PARAMS``) and its inputs."""
+    return fingerprint(cfg.flat(), PHASE_PARAMS[phase], {"phase": phase, **inputs})
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class Phase:
         tracker: where epoch records go.
         callbacks: extra epoch callbacks, run after the checkpoint of the epoch is written.
         spec: the trained model's spec (stored in ``last.pt``).
+        key: the run's ``run_key``.
     """
 
     name: str
@@ -78,6 +84,8 @@ class Phase:
     tracker: Tracker = field(default_factory=NullTracker)
     callbacks: Sequence[EpochCallback] = ()
     spec: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+    """``run_key`` of this run: stored in ``last.pt`` and ``metrics.json``, compared before either is reused."""
 
 
 def iters_per_epoch(loader: DataLoader, max_iters: int) -> int:
@@ -95,12 +103,16 @@ def iters_per_epoch(loader: DataLoader, max_iters: int) -> int:
     return min(n, max_iters) if max_iters > 0 else n
 
 
-def finished(out_dir: str, checkpoint: str) -> TrainResult | None:
-    """The result of an already finished run in ``out_dir`` (final checkpoint and metrics.json present)."""
+def finished(out_dir: str, checkpoint: str, key: str) -> TrainResult | None:
+    """The result of an already finished run in ``out_dir`` (final checkpoint and metrics.json present, made with
+    run key ``key``); None otherwise (a run of another config is trained again, not returned)."""
     mpath = io.join(out_dir, METRICS)
     if not (io.exists(checkpoint) and io.exists(mpath)):
         return None
     data = io.read_json(mpath)
+    if data.get("run_key") != key:
+        log.info("%s holds a finished run of another config or input: training again", out_dir)
+        return None
     flat = {**data, **data["metrics"]} if isinstance(data.get("metrics"), dict) else data  # a wrapping record
     metrics = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     hpath = io.join(out_dir, HISTORY)
@@ -122,11 +134,14 @@ def fit(ph: Phase, resume: bool) -> tuple[list[dict[str, float]], float]:
     """Run the phase's epochs (continuing ``last.pt`` when ``resume``); returns ``(history, seconds)``."""
     last = io.join(ph.out_dir, LAST)
     start, history, seconds_before = 0, [], 0.0
-    if resume and io.exists(last):
-        ck = load_checkpoint(last, kind="train_state")
+    ck = load_checkpoint(last, kind="train_state") if resume and io.exists(last) else None
+    if ck is not None and ck["extra"].get("phase") != ph.name:
+        raise ConfigError(f"{last!r} belongs to a {ck['extra'].get('phase')!r} run, not {ph.name!r}")
+    if ck is not None and ck["extra"].get("run_key") != ph.key:
+        log.info("%s: %s was left by a run of another config or input: starting over", ph.name, last)
+        ck = None
+    if ck is not None:
         ex = ck["extra"]
-        if ex.get("phase") != ph.name:
-            raise ConfigError(f"{last!r} belongs to a {ex.get('phase')!r} run, not {ph.name!r}")
         ph.tr.load_state_dict({"modules": ck["state_dict"], **ex["trainer"]})
         set_rng_state(ex["rng"], ph.loader)
         start = int(ex["epoch"]) + 1
@@ -148,6 +163,7 @@ def fit(ph: Phase, resume: bool) -> tuple[list[dict[str, float]], float]:
         state = ph.tr.state_dict()
         extra = {
             "phase": ph.name,
+            "run_key": ph.key,
             "epoch": epoch,
             "trainer": {k: v for k, v in state.items() if k != "modules"},
             "rng": rng_state(ph.loader),
@@ -173,7 +189,7 @@ def finish(
     final = {**{k: float(v) for k, v in metrics.items()}, "seconds": float(seconds), "epochs": float(ph.opts.epochs)}
     io.write_json_atomic(io.join(ph.out_dir, HISTORY), history)
     mpath = io.join(ph.out_dir, METRICS)
-    io.write_json_atomic(mpath, final)
+    io.write_json_atomic(mpath, {**final, "run_key": ph.key})
     ph.tracker.log_metrics({f"{ph.name}/final_{k}": v for k, v in final.items()}, step=ph.opts.epochs)
     ph.tracker.log_artifact(mpath)
     last = io.join(ph.out_dir, LAST)

@@ -134,6 +134,7 @@ def test_refine_chain_then_finetune_students(root: str, teacher_run, tmp_path) -
     _went_down(res.history)
     assert {"loss_t_id", "loss_s_tri", "loss_refine"} <= set(res.history[0])
     assert res.checkpoint == str(tmp_path / "chain" / "chain.pt")
+    assert {"mAP", "s_mAP", "s_rank1"} <= set(res.metrics) and 0.0 <= res.metrics["s_mAP"] <= 1.0
     chain = load_chain(res.checkpoint)
     refined, _ = load_model(str(tmp_path / "chain" / "teacher_refined.pt"), kind="teacher")
     original, _ = load_model(teacher_ckpt)
@@ -199,7 +200,11 @@ def test_cli_train_teacher(root: str, tmp_path, capsys) -> None:  # noqa: ANN001
     val = tmp_path / "val"
     assert main([*args[:4], "-o", str(val), *args[6:], "--val-ids", "4", "--set", "teacher.lr=0.01"]) == 0
     meta = torch.load(val / "teacher.pt", weights_only=True)
-    assert meta["extra"]["dataset"] == "synth_a-val4" and meta["config"]["teacher"]["lr"] == 0.01
+    assert (
+        meta["extra"]["dataset"] == "synth_a"
+        and meta["config"]["data"]["val_ids"] == 4
+        and meta["config"]["teacher"]["lr"] == 0.01
+    )
     lr = [json.loads((d / "history.json").read_text())[0]["lr"] for d in (tmp_path, val)]
     train_lr = load_config(profile="smoke").train.lr
     assert lr[1] / lr[0] == pytest.approx(0.01 / train_lr)  # same schedule point, the teacher's own base rate
@@ -260,3 +265,41 @@ def test_refine_chain_resumes_exactly(root: str, teacher_run, tmp_path) -> None:
         a = load_checkpoint(str(tmp_path / "full" / name))["state_dict"]
         b = load_checkpoint(str(tmp_path / "cut" / name))["state_dict"]
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_a_folder_of_another_config_is_trained_again(root: str, teacher_run, tmp_path) -> None:  # noqa: ANN001
+    """A finished run or a ``last.pt`` is reused only by the config (and inputs) that made it: changing
+    ``students.lr`` and running into the same folder trains again, at the new rate, from epoch 1."""
+    from oskt.chain import expand, load_chain
+    from oskt.models import save_model
+    from oskt.models.spec import parse_spec
+    from oskt.train import finetune_student, refine_chain
+
+    cfg = tiny_config(root)
+    chain = refine_chain(cfg, teacher_run[0].checkpoint, 4, str(tmp_path / "chain"))
+    init = str(tmp_path / "init.pt")
+    spec = parse_spec("r4-2-4-8", img_size=(cfg.data.height, cfg.data.width))
+    save_model(init, expand(load_chain(chain.checkpoint), spec, 12), "student")
+    out = str(tmp_path / "student")
+    first = finetune_student(cfg, init, "synth_a", out, seed=0)
+    assert finetune_student(cfg, init, "synth_a", out, seed=0).history == first.history  # same config: reused
+
+    def kill(epoch: int, record: dict) -> None:
+        if epoch == 1:
+            raise _Killed
+
+    faster = dataclasses.replace(cfg, students=dataclasses.replace(cfg.students, lr=cfg.train.lr * 4))
+    with pytest.raises(_Killed):  # not the finished run of the old rate: trains, and leaves a last.pt at epoch 2
+        finetune_student(faster, init, "synth_a", out, seed=0, callbacks=[kill])
+    assert load_checkpoint(os.path.join(out, "last.pt"), kind="train_state")["extra"]["epoch"] == 1
+    # the old rate's finished run is still whole: returned as it is
+    assert finetune_student(cfg, init, "synth_a", out, seed=0).history == first.history
+    # the faster run continues its own last.pt, at 4x the rate
+    done = finetune_student(faster, init, "synth_a", out, seed=0)
+    assert [h["lr"] for h in done.history] == pytest.approx([4 * h["lr"] for h in first.history])
+    # a last.pt of another config is not continued: the old rate starts over and trains exactly like the first run
+    other = str(tmp_path / "other")
+    with pytest.raises(_Killed):
+        finetune_student(faster, init, "synth_a", other, seed=0, callbacks=[kill])
+    over = finetune_student(cfg, init, "synth_a", other, seed=0)
+    assert [h["loss"] for h in over.history] == [h["loss"] for h in first.history]

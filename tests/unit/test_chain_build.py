@@ -125,6 +125,14 @@ def test_expansion_at_chain_width_equals_s_student(built, family: str) -> None:
         _, s_feat = rm(x)
         student.head.load_state_dict(rm.student.head.state_dict())
         torch.testing.assert_close(student(x), s_feat, rtol=1e-5, atol=1e-5)
+        # the S-Student view (evaluated after refinement) is that same network, with the chain's spec
+        view = rm.s_student()
+        assert view.spec == chain.chain_spec
+        torch.testing.assert_close(view(x), s_feat)
+        other = "before" if view.neck_feat == "after" else "after"
+        view.neck_feat = other  # what evaluate() sets: the S-Student's own attribute
+        assert rm.student.neck_feat == other
+        torch.testing.assert_close(view(x), rm.student_forward(x))
 
 
 def test_chain_checkpoint_round_trip(tmp_path, built) -> None:

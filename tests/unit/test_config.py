@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from oskt.config import PROFILES, Config, config_from_dict, dump_config, load_config, write_resolved
+from oskt.config import (
+    PROFILES,
+    Config,
+    config_from_dict,
+    dump_config,
+    load_config,
+    with_overrides,
+    write_resolved,
+)
 from oskt.errors import ConfigError
 
 
@@ -55,6 +63,9 @@ def test_explicit_profile_beats_params_profile(tmp_path) -> None:
         ("students.scenarios=[synth_b->synth_a]", r"a source listed in data\.sources"),
         ("data.synthetic.height=30", r"data\.synthetic\.height=30 is not allowed"),
         ("train", r"must look like key=value"),
+        ("chain.lr=0", r"chain\.lr=0\.0 is not allowed: expected null or a float > 0"),
+        ("students.lr=-1", r"students\.lr=-1\.0 is not allowed"),
+        ("data.val_ids=-3", r"data\.val_ids=-3 is not allowed: expected an integer >= 0"),
     ],
 )
 def test_bad_values_name_key_value_and_allowed(override: str, match: str | None) -> None:
@@ -162,3 +173,14 @@ def test_compute_num_threads_is_honoured_by_cli_commands() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
+
+
+def test_phase_learning_rates_fall_back_as_documented() -> None:
+    base = load_config(profile="smoke", overrides=["teacher.lr=null"])
+    assert {base.phase_lr(p) for p in ("teacher", "chain", "students")} == {base.train.lr}
+    t = with_overrides(base, ["teacher.lr=0.01"])  # refinement goes on training the teacher: its rate
+    assert (t.phase_lr("teacher"), t.phase_lr("chain"), t.phase_lr("students")) == (0.01, 0.01, base.train.lr)
+    own = with_overrides(t, ["chain.lr=0.002", "students.lr=0.003"])
+    assert (own.phase_lr("chain"), own.phase_lr("students")) == (0.002, 0.003)
+    with pytest.raises(ValueError, match="unknown training phase 'kd'"):
+        own.phase_lr("kd")

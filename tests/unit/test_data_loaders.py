@@ -120,7 +120,7 @@ def test_holdout_split_keeps_test_untouched_and_ids_disjoint() -> None:
     test = [ImageRecord("q.jpg", 500, 0)]
     ds = ReIDDataset("d", train=train, query=test, gallery=test)
     val = holdout_split(ds, 4, seed=0)
-    assert val.name == "d-val4" and val.num_train_pids == 8
+    assert val.name == "d" and val.protocol == "val4" and val.label == "d[val4]" and val.num_train_pids == 8
     assert sorted({r.pid for r in val.train}) == list(range(8))  # relabelled for the classifier
     held = {r.pid for r in val.query}
     assert len(held) == 4 and held == {r.pid for r in val.gallery} and 0 not in held  # no pid reads as distractor
