@@ -107,9 +107,9 @@ def test_write_resolved_is_readable_and_atomic(tmp_path) -> None:
 
 
 def test_flat_keys() -> None:
-    flat = load_config(profile="quick").flat()
-    assert flat["train.lr"] == pytest.approx(3.5e-4)
-    assert flat["data.datasets.synth_b.domain"] == "b"
+    flat = load_config(profile="paper").flat()
+    assert flat["train.lr"] == pytest.approx(3.5e-4) and flat["chain.lr"] is None
+    assert flat["data.datasets.synth_b.domain"] == "b" and flat["students.milestones"] == [40, 70, 90]
 
 
 def _oskt(*args: str) -> subprocess.CompletedProcess[str]:
