@@ -6,6 +6,7 @@ whole object in one put. Nothing here creates folders at import time.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -74,6 +75,23 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
         return f.read()
 
 
+@functools.cache
+def _umask() -> int:
+    """The process umask (read once: ``os.umask`` can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_file_mode(path: str) -> int:
+    """The mode a plain ``open(path, "w")`` would give: the old file's, else 0o666 minus the umask (``mkstemp``
+    alone makes every output owner-only, unreadable by a team sharing the output folder)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
     if is_url(path):
@@ -85,6 +103,7 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
+        os.fchmod(fd, _new_file_mode(path))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from oskt import __version__
-from oskt.errors import OsktError
+from oskt.cli.common import run_guarded
 
 # verb modules, in the order they appear in --help; each defines register(subparsers)
 VERB_MODULES = [
@@ -43,14 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        return int(args.func(args) or 0)
-    except OsktError as e:
-        print(f"oskt: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("oskt: interrupted", file=sys.stderr)
-        return 130
+    return run_guarded(args.func, args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
 
 from oskt.config import PROFILES, Config, load_config
+from oskt.errors import OsktError
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -38,3 +43,23 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
         set_threads(cfg.compute.num_threads)
     return cfg
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run_guarded(fn: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Run a command: an ``OsktError`` becomes one ``oskt: error:`` line and exit code 2, Ctrl-C exit code 130, and
+    SIGTERM (a scheduler stopping the job) unwinds like Ctrl-C, so temporary Prefect servers, local Ray instances
+    and open MLflow runs are closed instead of left behind; exit code 143."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return int(fn(args) or 0)
+    except OsktError as e:
+        print(f"oskt: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("oskt: interrupted", file=sys.stderr)
+        return 130

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from oskt import io
-from oskt.cli.common import add_config_args, config_from_args
+from oskt.cli.common import add_config_args, config_from_args, run_guarded
 from oskt.config import PROFILES, Config, dump_config, load_config, read_params
 from oskt.errors import OsktError
 
@@ -38,10 +38,12 @@ def _target(cfg: Config):  # -> TrackingTarget
 def run_stage(args: argparse.Namespace) -> int:
     """Run one stage in this process (DVC's ``cmd:``)."""
     from oskt.pipeline import stages
+    from oskt.pipeline.engines import no_telemetry
     from oskt.pipeline.preflight import preflight
     from oskt.pipeline.records import Paths
 
     cfg = config_from_args(args)
+    no_telemetry()
     preflight(cfg)
     paths, target = Paths(cfg.compute.out_dir), _target(cfg)
     name = args.stage
@@ -126,10 +128,12 @@ def ensure_params(path: str, profile: str | None, force: bool = False) -> str:
 
 def run_pipeline(args: argparse.Namespace) -> int:
     """Preflight, then the whole pipeline under one MLflow parent run; prints where the report is."""
+    from oskt.pipeline.engines import no_telemetry
     from oskt.pipeline.preflight import preflight
     from oskt.pipeline.records import Paths
     from oskt.pipeline.run import parent_env, pipeline_run
 
+    no_telemetry()
     params = ensure_params(args.params or "params.yaml", args.profile, args.force_params)
     overrides = list(args.overrides)
     if args.ablation:
@@ -158,7 +162,6 @@ def run_pipeline(args: argparse.Namespace) -> int:
             env["RAY_ADDRESS"] = args.ray_address
         if args.num_cpus:
             env[NUM_CPUS_ENV] = str(args.num_cpus)
-        env.setdefault("DVC_NO_ANALYTICS", "1")
         # dvc.yaml's `python -m oskt.pipeline ...` must be this environment's Python, activated or not
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         cmd = [sys.executable, "-m", "dvc", "repro", *(["--force"] if args.force else [])]
@@ -227,11 +230,7 @@ def run_main(argv: list[str] | None = None) -> int:
 
 def _guarded(fn, args: argparse.Namespace) -> int:  # noqa: ANN001
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return int(fn(args) or 0)
-    except OsktError as e:
-        print(f"oskt: error: {e}", file=sys.stderr)
-        return 2
+    return run_guarded(fn, args)
 
 
 # ------------------------------------------------------------------------------------------------ registration

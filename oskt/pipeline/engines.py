@@ -15,6 +15,22 @@ from oskt.pipeline.grid import run_cell
 from oskt.pipeline.records import CellResult, GridCell, Paths, TrackingTarget
 
 LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+# Services the pipeline may start on this machine (temporary Prefect server, local Ray, DVC) send no telemetry:
+# defaults only, a variable the user set wins.
+NO_TELEMETRY_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "DVC_NO_ANALYTICS": "1",
+}
+
+
+def no_telemetry() -> None:
+    """Set ``NO_TELEMETRY_ENV`` as defaults of this process (and so of what it starts)."""
+    for k, v in NO_TELEMETRY_ENV.items():
+        os.environ.setdefault(k, v)
+
+
 # a worker that inherits these from the driver finds the project and the test backend
 _FORWARD_ENV = (
     "PYTHONPATH",

@@ -184,3 +184,29 @@ def test_phase_learning_rates_fall_back_as_documented() -> None:
     assert (own.phase_lr("chain"), own.phase_lr("students")) == (0.002, 0.003)
     with pytest.raises(ValueError, match="unknown training phase 'kd'"):
         own.phase_lr("kd")
+
+
+def test_sigterm_unwinds_a_command_like_ctrl_c(tmp_path) -> None:
+    """A job stopped with SIGTERM runs its cleanup (finally blocks, context managers: temporary Prefect servers,
+    local Ray, MLflow runs) and exits 143; an OsktError is one line and exit code 2."""
+    marker = tmp_path / "cleaned"
+    code = f"""
+import argparse, os, signal, sys
+from oskt.cli.common import run_guarded
+from oskt.errors import ConfigError
+def job(args):
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pause()
+    finally:
+        open({str(marker)!r}, "w").write("yes")
+def bad(args):
+    raise ConfigError("train.lr=-1 is not allowed")
+if sys.argv[1] == "bad":
+    sys.exit(run_guarded(bad, argparse.Namespace()))
+sys.exit(run_guarded(job, argparse.Namespace()))
+"""
+    r = subprocess.run([sys.executable, "-c", code, "term"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 143 and marker.read_text() == "yes", r.stderr
+    r = subprocess.run([sys.executable, "-c", code, "bad"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip() == "oskt: error: train.lr=-1 is not allowed"

@@ -107,3 +107,14 @@ def test_ray_address_precedence_and_cell_resources(monkeypatch: pytest.MonkeyPat
     assert "num_cpus" not in ray_init_kwargs(2, "ray://cli:10001")  # a cluster brings its own resources
     local = ray_init_kwargs(2, None)
     assert local["num_cpus"] == 2 and local["include_dashboard"] is False
+
+
+def test_local_services_send_no_telemetry_unless_the_user_says_so(monkeypatch) -> None:
+    from oskt.pipeline.engines import NO_TELEMETRY_ENV, no_telemetry
+
+    for k in NO_TELEMETRY_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")  # the user's choice wins
+    no_telemetry()
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false" and os.environ["DVC_NO_ANALYTICS"] == "1"
+    assert os.environ["RAY_USAGE_STATS_ENABLED"] == "1"
