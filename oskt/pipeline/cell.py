@@ -93,6 +93,7 @@ def train_cell(
         chain_ckpts=ups["chains"],
         device=str(select_device(cfg.compute.device)),
         source_loader_factory=factory,
+        seed=cell.seed,  # fresh heads / Scratch weights from the cell's seed, not whatever the worker ran before
     )
     num_classes = (source_ds or target_ds).num_train_pids
     init = INIT_METHODS.get(cell.method)(ctx, spec, num_classes)

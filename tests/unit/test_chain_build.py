@@ -149,3 +149,23 @@ def test_chain_checkpoint_round_trip(tmp_path, built) -> None:
     torch.save({"x": torch.zeros(1)}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError):
         load_chain(str(tmp_path / "foreign.pt"))
+
+
+def test_resnet_stage_stream_is_clustered_jointly_on_concatenated_rows(built) -> None:
+    """SPEC.md §2.2: per stage, the downsample conv and every block's conv3 write one residual stream, so they share
+    one label vector, from Ward on the horizontal concatenation of their rows (downsample first, then conv3 of
+    block 0, 1, ...), Euclidean on raw rows for the CNN."""
+    import numpy as np
+
+    from oskt.models.resnet import BLOCKS
+
+    teacher, chain = built["resnet"]
+    params = dict(teacher.backbone.named_parameters())
+    for stage, blocks in enumerate(BLOCKS, 1):
+        names = [f"layer{stage}.0.downsample.0.weight"] + [f"layer{stage}.{b}.conv3.weight" for b in range(blocks)]
+        assert {r.out for r in chain.plan.rows if r.param in names} == {f"layer{stage}"}
+        assert sum(r.param in names for r in chain.plan.rows) == len(names)
+        w = [params[n].detach().double() for n in names]
+        feats = torch.cat([x.reshape(x.shape[0], -1) for x in w], 1).numpy()
+        expected = ward_labels(feats, chain.num_clusters(f"layer{stage}"))
+        assert np.array_equal(chain.label(f"layer{stage}").numpy(), expected), stage
