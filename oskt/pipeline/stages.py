@@ -146,7 +146,9 @@ def refine_chain(
         ckpt, metrics = load_backend().refine_chain(cfg, teacher["checkpoint"], width, out_dir, tracker)
         rec = {"checkpoint": ckpt, "metrics": metrics, "seconds": time.perf_counter() - t0, "fingerprint": fp}
         io.write_json_atomic(io.join(out_dir, RESULT_FILE), rec)
-        _log_outputs(tracker, target, [ckpt], out_dir)
+        # every checkpoint the stage wrote: the chain and the teacher refined jointly with it
+        ckpts = [io.join(out_dir, n) for n in io.listdir(out_dir) if n.endswith(".pt")]
+        _log_outputs(tracker, target, ckpts or [ckpt], out_dir)
     return _stage_record("chain", f"{source}/w{width}", out_dir, fp, rec, reused=False)
 
 

@@ -322,7 +322,6 @@ def refine_chain(
     )
     refine.sync_chain()  # the chain's teacher snapshot must reflect the teacher after its last step
     save_chain(chain_path, chain, config=cfg.to_dict())
-    tracker.log_artifact(teacher_path)
     # the teacher's metrics, plus the S-Student's (s_*): the chain network before any expansion or fine-tuning
     s_metrics = _evaluator(cfg, refine.s_student(), ds, device)()
     metrics = {**ph.evaluate(), **{f"s_{k}": v for k, v in s_metrics.items()}}  # type: ignore[misc]

@@ -54,6 +54,7 @@ def refine_chain(
     assert io.exists(teacher_ckpt), teacher_ckpt
     for epoch in range(cfg.chain.epochs):
         tracker.log_metrics({"refine_loss": 1.0 / (epoch + 1)}, step=epoch)
+    _ckpt(io.join(out_dir, "teacher_refined.pt"), "teacher", cfg)  # as the real backend: chain + refined teacher
     return _ckpt(io.join(out_dir, "chain.pt"), "chain", cfg, width), {"mAP": 0.3, "rank1": 0.5}
 
 

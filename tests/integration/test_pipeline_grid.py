@@ -96,6 +96,14 @@ def test_stages_log_a_run_tree_and_the_report_lists_every_method(env: str) -> No
     assert {a.path for a in client.list_artifacts(r.info.run_id)} >= {"checkpoint", "metrics.json", "config.yaml"}
     teacher = search_runs(target, "tags.`oskt.stage` = 'teacher'")[0]
     assert {a.path for a in client.list_artifacts(teacher.info.run_id)} >= {"checkpoint", "config.yaml"}
+    # a chain run: the chain and the teacher refined with it, once each, under checkpoint/
+    chain_run = search_runs(target, "tags.`oskt.stage` = 'chain'")[0]
+    top = {a.path for a in client.list_artifacts(chain_run.info.run_id)}
+    assert "teacher_refined.pt" not in top and "checkpoint" in top
+    assert {a.path for a in client.list_artifacts(chain_run.info.run_id, "checkpoint")} == {
+        "checkpoint/chain.pt",
+        "checkpoint/teacher_refined.pt",
+    }
     # `oskt report` rebuilds the same tables from MLflow alone
     from oskt.cli import main as oskt_main
     from oskt.config import dump_config
