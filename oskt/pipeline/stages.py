@@ -146,9 +146,11 @@ def refine_chain(
         ckpt, metrics = load_backend().refine_chain(cfg, teacher["checkpoint"], width, out_dir, tracker)
         rec = {"checkpoint": ckpt, "metrics": metrics, "seconds": time.perf_counter() - t0, "fingerprint": fp}
         io.write_json_atomic(io.join(out_dir, RESULT_FILE), rec)
-        # every checkpoint the stage wrote: the chain and the teacher refined jointly with it
-        ckpts = [io.join(out_dir, n) for n in io.listdir(out_dir) if n.endswith(".pt")]
-        _log_outputs(tracker, target, ckpts or [ckpt], out_dir)
+        from oskt.train.api import REFINED_TEACHER_FILE  # the phase's file names, as pipeline/cell.py reads them
+
+        # the chain and the teacher refined jointly with it (a backend need not write the latter)
+        refined = io.join(out_dir, REFINED_TEACHER_FILE)
+        _log_outputs(tracker, target, [ckpt, refined] if io.exists(refined) else [ckpt], out_dir)
     return _stage_record("chain", f"{source}/w{width}", out_dir, fp, rec, reused=False)
 
 
