@@ -1,22 +1,22 @@
 """Expansion of a weight chain to any width between the chain and the teacher (SPEC.md §3).
 
 Per partition, ``allocate`` gives every student channel ``k`` a chain row ``to_chain[k]`` and a group of teacher
-channels; a student tensor is then built with three vectorised ops (no Python loop over channels):
+channels; a student tensor is then built with vectorised ops (no Python loop over channels):
 
 * rows (stacking): ``index_select`` of chain rows by ``to_chain``;
-* columns (summing, no rescale): ``index_add`` of the teacher-width columns into their student channel;
+* columns (summing, no rescale): the sum of each student channel's group of teacher-width columns;
 * vectors (averaging): ``index_add`` of BN / LN / bias entries divided by the group sizes.
 
 ``materialise`` is shared with ``RefineModel`` (the S-Student is the allocation at chain width), so "expansion at
-chain width equals the S-Student" holds by construction and is tested.
+chain width equals the S-Student" holds by construction and is tested. ``expand_state_dict`` runs the same
+arithmetic from caches (``_ExpandCache`` per chain, ``_StudentPlan`` per student shape; see there) and is tested
+bitwise against the per-layer ``_expand_state_dict_reference``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import threading
-import weakref
 from collections.abc import Mapping
 
 import numpy as np
@@ -134,7 +134,7 @@ def cached_allocations(chain: WeightChain, spec: ModelSpec, device: torch.device
     """``allocations`` memoised on the chain per (labels, student widths, device): index tensors are computed once
     per student shape (they depend on the labels only, not on the chain values)."""
     key = (
-        tuple((b.data_ptr(), b._version) for b in chain.labels.buffers()),
+        _labels_key(chain),
         spec.family,
         spec.layer_widths(),
         str(device),
@@ -339,38 +339,12 @@ def expand(
 def expand_state_dict(
     chain: WeightChain, spec: ModelSpec, *, bn_stats: str = "reset", proj_bias: str = "teacher"
 ) -> dict[str, Tensor]:
-    """The student's backbone state dict (parameters and BN buffers) generated from ``chain``; see ``expand``."""
-    return _expand_state_dict_reference(chain, spec, bn_stats=bn_stats, proj_bias=proj_bias)
+    """The student's backbone state dict (parameters and BN buffers) generated from ``chain``; see ``expand``.
 
-
-def _expand_state_dict_planned(
-    chain: WeightChain, spec: ModelSpec, *, bn_stats: str = "reset", proj_bias: str = "teacher"
-) -> dict[str, Tensor]:
-    """Experimental planned variant of ``expand_state_dict`` (same output, bitwise; tested and benchmarked, not
-    the default: on the 2-core bench machine it was not reliably faster than the per-layer path).
-
-    Runs a precomputed per-(chain, student) plan (``_StudentPlan``, built on the first call for a student shape)
-    against the chain's flat buffer (``_ChainBuffer``, rebuilt when a gene, label or snapshot tensor changes). The
-    result equals, bitwise, ``_expand_state_dict_reference`` (the per-layer implementation, kept for the tests).
-    The returned tensors are views of one freshly allocated flat buffer (one ``long`` tensor for the BN counters).
-    """
-    _check_student(chain, spec)
-    _check_options(bn_stats, proj_bias)
-    with torch.no_grad():
-        buf = _chain_buffer(chain)
-        if buf is None:  # mixed dtypes: no single flat buffer
-            return _expand_state_dict_reference(chain, spec, bn_stats=bn_stats, proj_bias=proj_bias)
-        plans = chain.__dict__.setdefault("_expand_plans", {})
-        key = (_labels_key(chain), spec, bn_stats)
-        plan = plans.get(key)
-        if plan is None:
-            if len(plans) >= 64:
-                plans.pop(next(iter(plans)))
-            plan = plans[key] = _StudentPlan(chain, spec, cached_allocations(chain, spec, buf.device), buf, bn_stats)
-        state = plan.run(buf, proj_bias)
-        if spec.family == "vit" and not has_dw(spec):  # fold dw into the teacher-width stem (small matmuls)
-            _vit_stem(state, spec, {n: chain.snapshot.get(n) for n in chain.plan.shared}, "expand")
-    return state
+    The first call for a chain builds its ``_ExpandCache`` (prefix sums and cluster totals, like the clustering a
+    one-off per chain: 0.1–0.5 s for ResNet-50) and the first call for a student shape its ``_StudentPlan``
+    (5–12 ms); later calls reuse both (they follow in-place updates of the chain). Thread-safe."""
+    return _expand_state_dict_fast(chain, spec, bn_stats=bn_stats, proj_bias=proj_bias)
 
 
 def _check_options(bn_stats: str, proj_bias: str) -> None:
@@ -379,246 +353,361 @@ def _check_options(bn_stats: str, proj_bias: str) -> None:
 
 
 def _labels_key(chain: WeightChain) -> tuple:
-    return tuple((b.data_ptr(), b._version) for b in chain.labels.buffers())
+    return tuple([(b.data_ptr(), b._version) for b in chain.labels._buffers.values()])
 
 
-class _ChainBuffer:
-    """Per chain state, like ``PrefixCache``: one flat tensor ``buf`` holding, at fixed offsets, the genes of the
-    rows without column summing (stem conv, ViT ``dw``), the within-cluster prefix sums (``_prefix``) of every
-    other row layer, the shared ViT tensors, the constants 0 and 1, then a scratch tail where a student's
-    subtracted column sums are written; plus the concatenated sources of the averaged vectors (per option).
-    Offsets depend on the chain's structure only, so student plans (index tensors into ``buf``) survive a
-    rebuild."""
+def _state_tensors(chain: WeightChain) -> list[Tensor]:
+    """Every tensor expansion reads (genes, labels, snapshot), from the modules' own dicts (no recursion: this runs
+    on every call)."""
+    return [*chain.genes._parameters.values(), *chain.labels._buffers.values(), *chain.snapshot._buffers.values()]
+
+
+def _state_key(chain: WeightChain) -> tuple:
+    return tuple([(t.data_ptr(), t._version) for t in _state_tensors(chain)])
+
+
+class _ExpandCache:
+    """Per chain state, built once like clustering (not per student) and rebuilt when a gene, label or snapshot
+    tensor changes (pointer / ``_version``). For every row layer with column summing:
+
+    * ``prefix[param]``: the within-cluster column prefix sums (``_prefix``) row-major, ``[R, (N_in + 1)·k]``;
+    * ``totals[param]``: the whole-cluster column sums, ``[R, M_in·k]`` — the S-Student's weights, which is what a
+      student whose input partition is at chain width reads (every group is a whole cluster).
+
+    Plus the concatenated sources of the averaged vectors, per option (``sources``)."""
 
     def __init__(self, chain: WeightChain) -> None:
-        self.key = _buffer_key(chain)
-        self.lock = threading.Lock()
-        self.chain = weakref.ref(chain)
-        self.offsets: dict[str, int] = {}
-        self.shapes: dict[str, tuple[int, ...]] = {}  # prefix [N_in + 1, R, k] or gene shape
+        self.key = _state_key(chain)
+        self.mixed = len({t.dtype for t in _state_tensors(chain) if t.is_floating_point()}) > 1
+        self.totals: dict[str, Tensor] = {}
+        self._sources: dict[tuple, Tensor] = {}
         pieces = []
-        off = 0
         for r in chain.plan.rows:
-            # prefix sums stored row-major ([R, N_in + 1, k]): a student row reads from one short chain row
-            t = chain.gene(r.param).detach() if r.inp is None else _prefix(chain, r).transpose(0, 1).contiguous()
-            self.offsets[r.param], self.shapes[r.param] = off, tuple(t.shape)
-            pieces.append(t.reshape(-1))
-            off += t.numel()
-        for n in chain.plan.shared:  # copied by the same gather
-            t = chain.snapshot.get(n)
-            self.offsets[n], self.shapes[n] = off, tuple(t.shape)
-            pieces.append(t.reshape(-1))
-            off += t.numel()
-        self.const = off  # a 0 and a 1: fresh BN statistics, gathered too
-        pieces.append(torch.tensor([0.0, 1.0], dtype=pieces[0].dtype, device=pieces[0].device))
-        self.base = off + 2  # start of the scratch tail
-        self.buf = torch.cat(pieces)
-        self.device, self.dtype = self.buf.device, self.buf.dtype
-        self._views: dict[str, Tensor] = {}
-        self.bound: dict[int, list[tuple]] = {}  # per student plan: its gathers bound to ``buf``'s storage
-        self._sources: dict[tuple[str, str], Tensor] = {}
+            if r.inp is None:
+                continue
+            p = _prefix(chain, r).transpose(0, 1).contiguous()  # [R, N_in + 1, k]
+            size = torch.bincount(chain.label(r.inp), minlength=chain.num_clusters(r.inp))
+            self.totals[r.param] = p.index_select(1, torch.cumsum(size, 0) - 1).reshape(p.shape[0], -1)
+            pieces.append((r.param, p.reshape(p.shape[0], -1)))
+        # the prefix sums of all layers in one flat tensor (``_Batch`` gathers from several layers in one op)
+        self.flat = torch.cat([p.reshape(-1) for _, p in pieces])
+        self.offset: dict[str, int] = {}
+        self.prefix: dict[str, Tensor] = {}
+        off = 0
+        for name, p in pieces:
+            self.offset[name] = off
+            self.prefix[name] = self.flat[off : off + p.numel()].view(p.shape)
+            off += p.numel()
 
-    def ensure_scratch(self, numel: int) -> None:
-        if self.buf.numel() < self.base + numel:
-            buf = torch.empty(self.base + numel, dtype=self.dtype, device=self.device)
-            buf[: self.base].copy_(self.buf[: self.base])
-            self.buf = buf
-            self._views = {}
-            self.bound = {}
-
-    def prefix3d(self, param: str) -> Tensor:
-        """Layer ``param``'s prefix sums ``[R, N_in + 1, k]`` (a view of ``buf``)."""
-        v = self._views.get(param)
-        if v is None:
-            r, n, k = self.shapes[param]
-            off = self.offsets[param]
-            v = self._views[param] = self.buf[off : off + r * n * k].view(r, n, k)
-        return v
-
-    def sources(self, names: tuple[tuple[str, bool], ...], proj_bias: str) -> Tensor:
-        """The averaged vectors' sources concatenated (``names``: (param, from gene))."""
-        key = (names, proj_bias)
-        s = self._sources.get(key)
+    def sources(self, chain: WeightChain, names: tuple[tuple[str, bool], ...]) -> Tensor:
+        """The averaged vectors' sources concatenated (``names``: (param, from the gene))."""
+        s = self._sources.get(names)
         if s is None:
-            chain = self.chain()
-            s = self._sources[key] = torch.cat(
+            s = self._sources[names] = torch.cat(
                 [(chain.gene(n) if g else chain.snapshot.get(n)).detach().reshape(-1) for n, g in names]
             )
         return s
 
 
-def _buffer_key(chain: WeightChain) -> tuple:
-    return _cache_key(chain) + tuple((b.data_ptr(), b._version) for b in chain.snapshot.buffers())
+def _expand_cache(chain: WeightChain) -> _ExpandCache:
+    cache = chain.__dict__.get("_expand_cache")
+    if cache is None or cache.key != _state_key(chain):
+        cache = chain.__dict__["_expand_cache"] = _ExpandCache(chain)
+    return cache
 
 
-def _chain_buffer(chain: WeightChain) -> _ChainBuffer | None:
-    """The chain's flat buffer, rebuilt when a gene, label or snapshot tensor changed (``_version`` / pointer);
-    None when the chain mixes floating dtypes."""
-    buf = chain.__dict__.get("_expand_buffer")
-    if buf is not None and buf.key == _buffer_key(chain):
-        return buf
-    dtypes = {t.dtype for t in chain.genes.values()} | {t.dtype for t in chain.snapshot.buffers()}
-    if len(dtypes) != 1:
-        return None
-    buf = _ChainBuffer(chain)
-    chain.__dict__["_expand_buffer"] = buf
-    return buf
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``[lo, hi)`` ranges of the True entries of ``mask``."""
+    idx = np.flatnonzero(mask)
+    if not len(idx):
+        return []
+    breaks = np.flatnonzero(np.diff(idx) != 1)
+    lo = np.concatenate([idx[:1], idx[breaks + 1]])
+    hi = np.concatenate([idx[breaks], idx[-1:]]) + 1
+    return list(zip(lo.tolist(), hi.tolist(), strict=True))
 
 
-_PLAN_IDS = itertools.count()
+@dataclasses.dataclass(frozen=True)
+class _RowOp:
+    """How one row layer of one student is produced from the chain (see ``_StudentPlan``)."""
+
+    param: str
+    source: str  # gene | totals | prefix
+    shape: tuple[int, ...]
+    chain_rows: int  # R
+    rest: Tensor | None  # chain rows of the student rows after the first R (all rows when not ``head``)
+    head: bool  # student rows 0…R-1 are chain rows 0…R-1 (otherwise the R chain rows are staged in the scratch)
+    k: int = 1  # kernel elements per column (conv k×k)
+    end: Tensor | None = None  # prefix: where every student column reads its group's prefix end (see ``_index``)
+    nf: tuple[int, int] | Tensor | None = None  # columns of the groups not starting their cluster: a range or index
+    prev: Tensor | None = None  # where each such group's previous group end is among the gathered columns (``_index``)
+    stage: int = -1  # scratch offset of the [R, S_in·k] staging block when not ``head``
+    tmp: int = -1  # scratch offset of the [R, n_nf·k] previous-group ends
+
+
+def _index(rows: int, cols: np.ndarray, n_cols: int, k: int, device: torch.device) -> Tensor:
+    """Gather index of columns ``cols`` of an ``[R, n_cols·k]`` tensor: ``[1, len(cols)]`` element columns for
+    ``torch.gather`` (k = 1, expanded over the rows), else ``[R·len(cols)]`` ``k``-blocks for ``index_select`` of
+    its ``[R·n_cols, k]`` view (a 3×3 column is 9 contiguous values: block copies beat element gathers)."""
+    if k == 1:
+        return torch.as_tensor(cols.reshape(1, -1), device=device)
+    return torch.as_tensor((np.arange(rows)[:, None] * n_cols + cols[None, :]).reshape(-1), device=device)
+
+
+def _take(src: Tensor, idx: Tensor, k: int, rows: int, out: Tensor) -> Tensor:
+    """``out[r, c·k + j] = src[r, idx_c·k + j]`` with an index from ``_index``."""
+    if k == 1:
+        return torch.gather(src, 1, idx.expand(rows, -1), out=out)
+    torch.index_select(src.view(-1, k), 0, idx, out=out.view(-1, k))
+    return out
+
+
+_BATCH_NUMEL = 32768  # row layers up to this many student elements are expanded together (``_Batch``)
+
+
+class _Batch:
+    """The small column-summed row layers of one student, expanded together: three element-wise ops over all of
+    them instead of four or five ops per layer (per-op overhead, a few µs, dominates layers of a few thousand
+    elements, as in the narrow early stages of small students). Into one fresh tensor holding every such layer:
+    gather each element's group end from the cache's flat prefix sums (row ``to_chain[o]``); gather, for every
+    group that does not start its cluster, the previous group's end (already in the output); subtract it
+    (``index_add_``, alpha −1: the same rounding as ``sub_``). The layers are views of that tensor."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.names: list[str] = []
+        self.shapes: list[tuple[int, ...]] = []
+        self._end: list[np.ndarray] = []
+        self._prev: list[np.ndarray] = []
+        self._nf: list[np.ndarray] = []
+        self.numel = 0
+
+    def add(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        offset: int,
+        tc: np.ndarray,
+        n_in: int,
+        k: int,
+        end: np.ndarray,
+        nf_cols: np.ndarray,
+        prev_cols: np.ndarray,
+    ) -> None:
+        s_in = shape[1]
+        j = np.arange(k)
+        row = self.numel + np.arange(len(tc))[:, None, None] * (s_in * k)
+        self._end.append((offset + tc[:, None, None] * ((n_in + 1) * k) + end[None, :, None] * k + j).reshape(-1))
+        self._nf.append((row + nf_cols[None, :, None] * k + j).reshape(-1))
+        self._prev.append((row + prev_cols[None, :, None] * k + j).reshape(-1))
+        self.numel += len(tc) * s_in * k
+        self.names.append(name)
+        self.shapes.append(shape)
+
+    def finish(self, flat_numel: int) -> None:
+        dtype = torch.int32 if max(flat_numel, self.numel) < 2**31 else torch.int64
+
+        def t(parts: list[np.ndarray]) -> Tensor:
+            return torch.as_tensor(np.concatenate([np.zeros(0, np.int64), *parts]), device=self.device).to(dtype)
+
+        self.end, self.prev, self.nf = t(self._end), t(self._prev), t(self._nf)
+        del self._end, self._prev, self._nf
+        self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+
+    def run(self, flat: Tensor) -> dict[str, Tensor]:
+        out = torch.index_select(flat, 0, self.end)
+        if self.nf.numel():
+            out.index_add_(0, self.nf, out.index_select(0, self.prev), alpha=-1)
+        return {n: t.view(s) for n, t, s in zip(self.names, out.split(self.sizes), self.shapes, strict=True)}
 
 
 class _StudentPlan:
-    """Everything about expanding one student from one chain that does not depend on the chain's values.
+    """Everything about expanding one student from one chain that does not depend on the chain's values, built
+    once per (labels, student spec, bn_stats). Per call, every row layer is written straight into the student's
+    fresh tensor:
 
-    Output layout: one flat tensor ``[rows | shared ViT tensors | fresh BN statistics | averaged vectors (+ BN
-    statistics with bn_stats=average)]``; the state dict lists them in the reference order. Per call:
+    * input partition at chain width: the rows of the cluster totals (a row copy);
+    * otherwise one gather of the prefix sums at every student column's group end; a group that does not start
+      its cluster (student channels ≥ M of each partition, SPEC.md §3.1) then subtracts the prefix sum before it,
+      which is the previous group's end, already gathered (read back from the output, not from the chain);
+    * student rows 0…R-1 are chain rows 0…R-1 (the first copy of every cluster, SPEC.md §3.1), so the columns are
+      computed for those rows only and the further copies are row copies of them (``index_select``);
+    * layers of at most ``_BATCH_NUMEL`` elements do the same all together (``_Batch``);
+    * all averaged vectors are one ``index_add_`` and one division; fresh BN statistics one copy of a template.
 
-    * for every row layer with non-first column groups (a run that does not start its cluster: SPEC.md §3.1
-      splits a cluster over several student channels), the two prefix rows are gathered (``index_select`` of
-      contiguous ``R·k`` blocks) into the buffer's scratch tail and a workspace, and subtracted in one op;
-    * every row layer's weight, the shared ViT tensors and the fresh BN statistics are then one element gather
-      from ``buf`` (``fidx``: stacked chain rows × summed columns × kernel, pointing at the prefix sum itself for
-      a first group and at the scratch otherwise; copies; the constants);
-    * all vectors are averaged by one ``index_add_`` and one division.
+    Same values, bitwise, as ``_expand_state_dict_reference`` (same prefix sums, same subtraction, same sums).
     """
 
     def __init__(
-        self, chain: WeightChain, spec: ModelSpec, allocs: Mapping[str, Alloc], buf: _ChainBuffer, bn_stats: str
+        self, chain: WeightChain, spec: ModelSpec, allocs: Mapping[str, Alloc], cache: _ExpandCache, bn_stats: str
     ) -> None:
-        plan, device = chain.plan, buf.device
-        names: list[str] = []
-        shapes: list[tuple[int, ...]] = []
-        gather: list[np.ndarray] = []
-        nf_ops: list[tuple[str, np.ndarray, np.ndarray, int, tuple[int, int, int]]] = []
+        device = cache.flat.device
+        self.lock = threading.Lock()  # the scratch is shared by the calls of this plan
+        self.ops: list[_RowOp | str] = []  # a name: that layer comes from ``batch``
+        self.batch = _Batch(device)
         scratch = 0
-        for r in plan.rows:
+        for r in chain.plan.rows:
+            rows = chain.num_clusters(r.out) * r.repeat
             tc = allocs[r.out].rep(r.repeat, chain.num_clusters(r.out))[0].cpu().numpy()
-            off, shape = buf.offsets[r.param], buf.shapes[r.param]
-            if r.inp is None:  # rows of the gene itself
-                row = int(np.prod(shape[1:], dtype=np.int64))
-                idx = off + tc[:, None] * row + np.arange(row)[None]
-                out_shape = (len(tc), *shape[1:])
-            else:
-                rows, n_in, k = shape
-                gene_shape = chain.gene(r.param).shape
-                ai = allocs[r.inp]
-                end, before = ai.col_end.cpu().numpy(), ai.col_before.cpu().numpy()
-                nf = np.flatnonzero(before != n_in - 1)  # n_in - 1: the zero column
-                # element (o, i, j) of the student weight: buf[row_base[o] + col[i] + j]
-                col, row_base = end * k, off + tc * (n_in * k)
-                idx = row_base[:, None, None] + col[None, :, None] + np.arange(k)[None, None, :]
-                if len(nf):  # non-first groups read the scratch [R, n_nf, k] instead
-                    base = buf.base + scratch
-                    idx[:, nf, :] = (
-                        (base + tc * (len(nf) * k))[:, None, None]
-                        + (np.arange(len(nf)) * k)[None, :, None]
-                        + np.arange(k)[None, None, :]
-                    )
-                    nf_ops.append((r.param, end[nf], before[nf], scratch, (rows, len(nf), k)))
-                    scratch += rows * len(nf) * k
-                out_shape = (len(tc), ai.width, *gene_shape[2:])
-            names.append(r.param)
-            shapes.append(out_shape)
-            gather.append(idx.reshape(-1))
-        if plan.family == "vit" and has_dw(spec):  # shared teacher-width tensors: copies
-            for n in plan.shared:
-                names.append(n)
-                shapes.append(buf.shapes[n])
-                gather.append(buf.offsets[n] + np.arange(int(np.prod(buf.shapes[n], dtype=np.int64))))
-        self.tracked: list[str] = []
-        if plan.bn_buffers:
-            if bn_stats == "reset":  # fresh statistics (SPEC.md §3.2): means 0, variances 1
-                for b in plan.bn_buffers:
-                    names.append(b.param)
-                    shapes.append((allocs[b.part].width,))
-                    gather.append(np.full(allocs[b.part].width, buf.const + b.param.endswith("var")))
-            mods = sorted({b.param.rsplit(".", 1)[0] for b in plan.bn_buffers})
-            self.tracked = [f"{n}.num_batches_tracked" for n in mods]
-        buf.ensure_scratch(scratch)
-        self.scratch = scratch
-        index_dtype = torch.int32 if buf.base + scratch < 2**31 else torch.int64
-        self.fidx = torch.as_tensor(np.concatenate(gather), device=device).to(index_dtype)
-        self.nf_ops = [
-            (p, torch.as_tensor(e, device=device), torch.as_tensor(b, device=device), lo, blk)
-            for p, e, b, lo, blk in nf_ops
-        ]
-        self.n_gather = self.fidx.numel()
+            head = len(tc) >= rows and bool((tc[:rows] == np.arange(rows)).all())
+            rest_np = tc[rows:] if head else tc
+            rest = torch.as_tensor(rest_np, device=device) if len(rest_np) else None
+            gshape = tuple(chain.gene(r.param).shape)
+            if r.inp is None:
+                self.ops.append(_RowOp(r.param, "gene", (len(tc), *gshape[1:]), rows, rest, head))
+                continue
+            ai = allocs[r.inp]
+            shape = (len(tc), ai.width, *gshape[2:])
+            if ai.identity:  # every group is a whole cluster, in cluster order
+                self.ops.append(_RowOp(r.param, "totals", shape, rows, rest, head))
+                continue
+            k = int(np.prod(gshape[2:], dtype=np.int64))
+            n_in, s_in = gshape[1], ai.width
+            end, before = ai.col_end.cpu().numpy(), ai.col_before.cpu().numpy()
+            nf_cols = np.flatnonzero(before != n_in)  # before = n_in: the zero column (the group starts its cluster)
+            col_of = np.full(n_in, -1)
+            col_of[end] = np.arange(s_in)
+            prev_cols = col_of[before[nf_cols]]
+            assert (prev_cols >= 0).all(), "chunks of a cluster are contiguous (SPEC.md §3.1)"
+            if len(tc) * s_in * k <= _BATCH_NUMEL:
+                self.batch.add(r.param, shape, cache.offset[r.param], tc, n_in, k, end, nf_cols, prev_cols)
+                self.ops.append(r.param)
+                continue
+            stage = tmp = -1
+            if not head:
+                stage, scratch = scratch, scratch + rows * s_in * k
+            nf = prev = None
+            if len(nf_cols):
+                tmp, scratch = scratch, scratch + rows * len(nf_cols) * k
+                prev = _index(rows, prev_cols, s_in, k, device)
+                runs = _runs(before != n_in)  # one range: sub_ on a slice; several (per head): one index_add_
+                nf = (runs[0][0] * k, runs[0][1] * k) if len(runs) == 1 else torch.as_tensor(nf_cols, device=device)
+            end_t = _index(rows, end, n_in + 1, k, device)
+            self.ops.append(_RowOp(r.param, "prefix", shape, rows, rest, head, k, end_t, nf, prev, stage, tmp))
+        self.scratch_numel = scratch
+        self.batch.finish(cache.flat.numel())
+        self._scratch: Tensor | None = None
 
-        n_gathered = len(names)
+        plan = chain.plan
         grouped: dict[tuple[str, int], list] = {}
-        for v in plan.vectors:
+        for v in plan.vectors:  # the reference's order: grouped by (partition, repeat)
             grouped.setdefault((v.part, v.repeat), []).append(v)
         averaged = [(v, v.gene, v.expand_from_teacher) for items in grouped.values() for v in items]
         if bn_stats == "average":
             averaged += [(b, False, True) for b in plan.bn_buffers]
-        slots, counts, srcs = [], [], []
+        slots, counts = [], []
         pos = 0
-        for v, gene, from_teacher in averaged:
+        for v, _, _ in averaged:
             _, sl, cnt = allocs[v.part].rep(v.repeat, chain.num_clusters(v.part))
             slots.append(sl + pos)
             counts.append(cnt)
-            srcs.append((v.param, gene, from_teacher))
-            names.append(v.param)
-            shapes.append((cnt.numel(),))
             pos += cnt.numel()
+        self.avg_names = [v.param for v, _, _ in averaged]
+        self.avg_sizes = [c.numel() for c in counts]
         self.n_avg = pos
-        self.slot = torch.cat(slots) if slots else torch.zeros(0, dtype=torch.long, device=device)
-        self.counts = torch.cat(counts).to(buf.dtype) if counts else torch.zeros(0, dtype=buf.dtype, device=device)
-        self.srcs = {  # (param, from gene) per proj_bias option (SPEC.md §3.2: the ViT proj-bias quirk)
-            "teacher": tuple((p, g and not t) for p, g, t in srcs),
-            "gene": tuple((p, g) for p, g, _ in srcs),
+        self.slot = torch.cat(slots) if slots else None
+        self.counts = torch.cat(counts) if counts else None
+        self.srcs = {  # (param, from the gene) per proj_bias option (SPEC.md §3.2: the ViT proj-bias quirk)
+            "teacher": tuple((v.param, g and not t) for v, g, t in averaged),
+            "gene": tuple((v.param, g) for v, g, _ in averaged),
         }
-        # the state dict keeps the reference order: rows, vectors, shared, BN statistics, BN counters
-        n_rows, n_vec = len(plan.rows), len(plan.vectors)
-        self.order = names[:n_rows] + names[n_gathered : n_gathered + n_vec] + names[n_rows:n_gathered]
-        self.order += names[n_gathered + n_vec :]
-        self.names, self.shapes = names, shapes
-        self.sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
-        self.total = sum(self.sizes)
-        self.device, self.dtype = device, buf.dtype
-        self.uid = next(_PLAN_IDS)
-        self.bws = torch.empty(scratch, dtype=buf.dtype, device=device)  # second prefix rows of non-first groups
+        self.fresh_names: list[str] = []
+        self.fresh: Tensor | None = None
+        if plan.bn_buffers and bn_stats == "reset":  # fresh statistics (SPEC.md §3.2): means 0, variances 1
+            self.fresh_names = [b.param for b in plan.bn_buffers]
+            self.fresh_sizes = [allocs[b.part].width for b in plan.bn_buffers]
+            self.fresh = torch.tensor(
+                [float(b.param.endswith("var")) for b in plan.bn_buffers], device=device
+            ).repeat_interleave(torch.tensor(self.fresh_sizes, device=device))
+        self.tracked = [
+            f"{n}.num_batches_tracked" for n in sorted({b.param.rsplit(".", 1)[0] for b in plan.bn_buffers})
+        ]
+        self.device = device
 
-    def _bind(self, buf: _ChainBuffer) -> list[tuple]:
-        """The per-layer gathers bound to ``buf``'s storage (kept by ``buf``, dropped when it is reallocated)."""
-        ops = buf.bound.get(self.uid)
-        if ops is None:
-            buf.ensure_scratch(self.scratch)  # a rebuilt chain buffer starts without scratch
-            ops = []
-            for p, end, before, lo, shape in self.nf_ops:
-                n = shape[0] * shape[1] * shape[2]
-                dst = buf.buf[buf.base + lo : buf.base + lo + n].view(shape)
-                ops.append((buf.prefix3d(p), end, before, dst, self.bws[lo : lo + n].view(shape)))
-            buf.bound[self.uid] = ops
-        return ops
-
-    def run(self, buf: _ChainBuffer, proj_bias: str) -> dict[str, Tensor]:
-        out = torch.empty(self.total, dtype=self.dtype, device=self.device)
-        src = buf.sources(self.srcs[proj_bias], proj_bias) if self.n_avg else None
-        with buf.lock:  # the scratch tail is shared by the chain's plans
-            ops = self._bind(buf)
-            for p3d, end, before, dst, tmp in ops:
-                torch.index_select(p3d, 1, end, out=dst)
-                torch.index_select(p3d, 1, before, out=tmp)
-            if ops:
-                buf.buf[buf.base : buf.base + self.scratch].sub_(self.bws)
-            torch.index_select(buf.buf, 0, self.fidx, out=out[: self.n_gather])
+    def run(self, chain: WeightChain, cache: _ExpandCache, proj_bias: str, dtype: torch.dtype) -> dict[str, Tensor]:
+        state: dict[str, Tensor] = {}
+        with self.lock:
+            if self.scratch_numel and (self._scratch is None or self._scratch.dtype != dtype):
+                self._scratch = torch.empty(self.scratch_numel, dtype=dtype, device=self.device)
+            small = self.batch.run(cache.flat) if self.batch.names else {}
+            for op in self.ops:
+                if isinstance(op, str):
+                    state[op] = small[op]
+                else:
+                    state[op.param] = self._row(op, chain, cache)
         if self.n_avg:
-            out[self.n_gather :].zero_().index_add_(0, self.slot, src).div_(self.counts)
-        views = {n: t.view(s) for n, t, s in zip(self.names, out.split(self.sizes), self.shapes, strict=True)}
-        state = {n: views[n] for n in self.order}
-        if self.tracked:
-            zeros = torch.zeros(len(self.tracked), dtype=torch.long, device=self.device).unbind(0)
-            state.update(zip(self.tracked, zeros, strict=True))
+            src = cache.sources(chain, self.srcs[proj_bias])
+            flat = src.new_zeros(self.n_avg).index_add_(0, self.slot, src).div_(self.counts.to(src.dtype))
+            state.update(zip(self.avg_names, flat.split(self.avg_sizes), strict=True))
         return state
+
+    def _row(self, op: _RowOp, chain: WeightChain, cache: _ExpandCache) -> Tensor:
+        r = op.chain_rows
+        if op.source == "prefix":
+            p = cache.prefix[op.param]
+            out = torch.empty(op.shape, dtype=p.dtype, device=p.device)
+            out2 = out.view(op.shape[0], -1)
+            width = out2.shape[1]
+            top = out2[:r] if op.head else self._scratch[op.stage : op.stage + r * width].view(r, width)
+            _take(p, op.end, op.k, r, top)
+            if op.prev is not None:  # minus the previous group's end, read before any column changes
+                n = op.prev.shape[-1] if op.k == 1 else op.prev.numel() // r
+                prev = _take(top, op.prev, op.k, r, self._scratch[op.tmp : op.tmp + r * n * op.k].view(r, -1))
+                if isinstance(op.nf, tuple):
+                    top[:, op.nf[0] : op.nf[1]].sub_(prev)
+                else:
+                    top.view(r, -1, op.k).index_add_(1, op.nf, prev.view(r, -1, op.k), alpha=-1)
+            if op.rest is not None:
+                torch.index_select(top, 0, op.rest, out=out2[r:] if op.head else out2)
+            return out
+        src = chain.gene(op.param).detach().reshape(r, -1) if op.source == "gene" else cache.totals[op.param]
+        if op.rest is None:
+            return src.clone().view(op.shape)
+        out = torch.empty(op.shape, dtype=src.dtype, device=src.device)
+        out2 = out.view(op.shape[0], -1)
+        if op.head:
+            out2[:r].copy_(src)
+        torch.index_select(src, 0, op.rest, out=out2[r:] if op.head else out2)
+        return out
+
+
+def _expand_state_dict_fast(
+    chain: WeightChain, spec: ModelSpec, *, bn_stats: str = "reset", proj_bias: str = "teacher"
+) -> dict[str, Tensor]:
+    """``expand_state_dict`` through the chain's ``_ExpandCache`` and a per-(chain, student) ``_StudentPlan``."""
+    _check_student(chain, spec)
+    _check_options(bn_stats, proj_bias)
+    with torch.no_grad():
+        cache = _expand_cache(chain)
+        if cache.mixed:  # mixed floating dtypes: no single flat prefix buffer or vector source
+            return _expand_state_dict_reference(chain, spec, bn_stats=bn_stats, proj_bias=proj_bias)
+        device = cache.flat.device
+        plans = chain.__dict__.setdefault("_expand_plans", {})
+        key = (_labels_key(chain), spec, bn_stats, str(device))
+        plan = plans.get(key)
+        if plan is None:
+            if len(plans) >= 64:
+                plans.pop(next(iter(plans)))
+            plan = plans[key] = _StudentPlan(chain, spec, cached_allocations(chain, spec, device), cache, bn_stats)
+        state = plan.run(chain, cache, proj_bias, cache.flat.dtype)
+        if chain.plan.family == "vit":
+            _vit_stem(state, spec, {n: chain.snapshot.get(n) for n in chain.plan.shared}, "expand")
+        if bn_stats == "average":  # the reference lists the BN statistics after the stem
+            state.update((b.param, state.pop(b.param)) for b in chain.plan.bn_buffers)
+        elif plan.fresh is not None:
+            fresh = plan.fresh.to(cache.flat.dtype, copy=True)
+            state.update(zip(plan.fresh_names, fresh.split(plan.fresh_sizes), strict=True))
+        if plan.tracked:
+            zeros = torch.zeros(len(plan.tracked), dtype=torch.long, device=device).unbind(0)
+            state.update(zip(plan.tracked, zeros, strict=True))
+    return state
 
 
 def _expand_state_dict_reference(
     chain: WeightChain, spec: ModelSpec, *, bn_stats: str = "reset", proj_bias: str = "teacher"
 ) -> dict[str, Tensor]:
     """The per-layer implementation of ``expand_state_dict`` (``materialise`` with the prefix cache): the
-    reference the planned path is tested against, bitwise."""
+    reference ``expand_state_dict`` is tested against, bitwise."""
     _check_student(chain, spec)
     _check_options(bn_stats, proj_bias)
     device = chain.label(chain.plan.parts[0].name).device

@@ -1,15 +1,18 @@
-"""The planned expansion (``_expand_state_dict_planned``: per-(chain, student) plan + the chain's flat buffer) equals the
-per-layer reference implementation bitwise, keeps the state-dict order, and follows chain updates."""
+"""``expand_state_dict`` (the chain's ``_ExpandCache`` + a per-(chain, student) ``_StudentPlan``) equals the per-layer
+reference implementation bitwise, keeps the state-dict order, and follows chain updates."""
 
 from __future__ import annotations
+
+import importlib
 
 import pytest
 import torch
 
-from oskt.chain import build_chain
-from oskt.chain.expand import _expand_state_dict_planned as expand_state_dict
+from oskt.chain import build_chain, expand_state_dict
 from oskt.chain.expand import _expand_state_dict_reference
 from oskt.models import ModelSpec, build_model
+
+EXPAND = importlib.import_module("oskt.chain.expand")  # the module (``oskt.chain.expand`` is also the function)
 
 RES_T = ModelSpec(arch="resnet50", in_planes=8, multipliers=(2, 4, 8), img_size=(64, 32))
 VIT_T = ModelSpec(arch="vit_small", dim=96, img_size=(32, 16), drop_path=0.0)
@@ -46,8 +49,21 @@ def vit_chain():
     return build_chain(build_model(VIT_T, 5), 48)
 
 
+@pytest.fixture(params=[0, EXPAND._BATCH_NUMEL, 10**9], ids=["per-layer", "default", "all-batched"])
+def batch_numel(request, monkeypatch):
+    """Which row layers go through ``_Batch`` (the rest through the per-layer gathers)."""
+    monkeypatch.setattr(EXPAND, "_BATCH_NUMEL", request.param)
+    return request.param
+
+
+def fresh_plans(chain):
+    chain.__dict__.pop("_expand_plans", None)
+    return chain
+
+
 @pytest.mark.parametrize("options", OPTIONS)
-def test_resnet_plan_matches_reference(resnet_chain, options) -> None:
+def test_resnet_plan_matches_reference(resnet_chain, options, batch_numel) -> None:
+    fresh_plans(resnet_chain)
     for spec in RES_STUDENTS:
         ref = _expand_state_dict_reference(resnet_chain, spec, **options)
         assert_bitwise(expand_state_dict(resnet_chain, spec, **options), ref)  # first call: builds the plan
@@ -55,7 +71,8 @@ def test_resnet_plan_matches_reference(resnet_chain, options) -> None:
 
 
 @pytest.mark.parametrize("options", OPTIONS)
-def test_vit_plan_matches_reference(vit_chain, options) -> None:
+def test_vit_plan_matches_reference(vit_chain, options, batch_numel) -> None:
+    fresh_plans(vit_chain)
     for spec in VIT_STUDENTS:
         ref = _expand_state_dict_reference(vit_chain, spec, **options)
         assert_bitwise(expand_state_dict(vit_chain, spec, **options), ref)
@@ -81,3 +98,14 @@ def test_plan_follows_chain_updates_and_outputs_are_independent() -> None:
     a, b = expand_state_dict(chain, specs[0]), expand_state_dict(chain, specs[0])
     a["layer1.0.conv2.weight"].zero_()  # each call returns fresh storage
     assert b["layer1.0.conv2.weight"].abs().sum() > 0
+
+
+def test_float64_chain_matches_reference() -> None:
+    torch.manual_seed(2)
+    chain = build_chain(build_model(RES_T, 5), 2, init="random").to(torch.float64)
+    for spec in RES_STUDENTS[:3]:
+        new = expand_state_dict(chain, spec)
+        assert new["layer1.0.conv1.weight"].dtype == new["layer1.0.bn1.running_var"].dtype == torch.float64
+        ref = _expand_state_dict_reference(chain, spec)
+        assert list(new) == list(ref)
+        assert all(torch.equal(new[k], ref[k]) for k in new)
