@@ -19,8 +19,12 @@ time generating every student by
   ``expand_state_dict``, so it is not copied either) and, for reference, one flat ``clone`` of as many bytes.
 
 Expansion and the copies are timed round-robin (each repeat runs every method once) so that the machine's
-load affects them alike; ``ratio_vs_copy`` is the median of the per-round ratios. Peak resident memory of each
-phase (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``) is recorded from one extra call. Chain building
+load affects them alike; ``ratio_vs_copy`` is the median of the per-round ratios. Every timing runs with the
+garbage collector paused (``gc_paused``). Memory, from one extra call
+each: ``peak_mib``, the peak of what torch allocates during the call, outputs included (``torch.profiler`` memory
+events); ``rss_growth_mib``, the growth of the peak resident set (Linux ``VmHWM``, reset through
+``/proc/self/clear_refs``; 0 when the allocator reuses memory it holds); ``held_mib``, what expansion keeps
+between calls (the chain's cache, the student's plan). Chain building
 (clustering) is not part of expansion and is timed separately; ``--quick`` uses random cluster assignments
 (allocation only depends on cluster sizes) and fewer repeats to stay under a minute.
 
@@ -32,13 +36,15 @@ Usage: ``python bench/expand_speed.py [--quick] [--threads N]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import resource
 import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -68,17 +74,39 @@ def _reset_peak() -> bool:
         return False
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector collected once, then paused, as ``timeit`` does: a collection landing
+    inside a call (after DepGraph's deep copy and tracing it takes ≈ 300 ms of the ≈ 300–950 ms a pruning call
+    otherwise measures) is noise of the process, not the cost of the method. Collecting before every call instead
+    would evict the CPU caches each time (it walks every Python object)."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    """Wall time (ms) of one call."""
+    t = time.perf_counter()
+    out = fn()
+    ms = (time.perf_counter() - t) * 1e3
+    del out
+    return ms
+
+
 def measure(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
-    """Median wall time in ms over ``repeats`` (after one warm-up) and the peak RSS growth in MiB."""
+    """Median wall time in ms over ``repeats`` (after one warm-up; ``gc_paused`` for each) and the peak RSS growth
+    in MiB."""
     fn()
     _reset_peak()
     base = _status("VmRSS")
     times = []
     for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append((time.perf_counter() - t) * 1e3)
-        del out
+        with gc_paused():
+            times.append(_timed(fn))
     peak = max(_status("VmHWM") - base, 0) / 2**20
     return statistics.median(times), peak
 
@@ -90,6 +118,47 @@ def peak_mib(fn: Callable[[], Any]) -> float:
     out = fn()
     del out
     return max(_status("VmHWM") - base, 0) / 2**20
+
+
+def torch_peak_mib(fn: Callable[[], Any]) -> float:
+    """Peak of the memory torch allocates (MiB) during one call, outputs included: the running sum of every op's
+    own allocations and frees (``torch.profiler``, ``profile_memory``) in time order. Unlike the RSS growth it
+    does not depend on whether the allocator reuses memory it already holds."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+        del out
+    cur = best = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        cur += e.self_cpu_memory_usage
+        best = max(best, cur)
+    return best / 2**20
+
+
+def _held_mib(*objs: Any) -> float:
+    """MiB of the tensors held by ``objs`` (attributes, dataclass fields, containers; each storage once)."""
+    seen: set[int] = set()
+    total = 0
+
+    def walk(o: Any, depth: int = 0) -> None:
+        nonlocal total
+        if isinstance(o, torch.Tensor):
+            key = o.untyped_storage().data_ptr()
+            if key not in seen:
+                seen.add(key)
+                total += o.untyped_storage().nbytes()
+        elif depth < 4 and isinstance(o, dict):
+            for v in o.values():
+                walk(v, depth + 1)
+        elif depth < 4 and isinstance(o, list | tuple):
+            for v in o:
+                walk(v, depth + 1)
+        elif depth < 4 and hasattr(o, "__dict__") and not isinstance(o, type):
+            for v in vars(o).values():
+                walk(v, depth + 1)
+
+    for o in objs:
+        walk(o)
+    return total / 2**20
 
 
 def _minor_faults() -> int:
@@ -104,14 +173,12 @@ def round_robin(fns: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[s
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     faults: dict[str, list[int]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            f = _minor_faults()
-            t = time.perf_counter()
-            out = fn()
-            times[k].append((time.perf_counter() - t) * 1e3)
-            faults[k].append(_minor_faults() - f)
-            del out
+    with gc_paused():
+        for _ in range(repeats):
+            for k, fn in fns.items():
+                f = _minor_faults()
+                times[k].append(_timed(fn))
+                faults[k].append(_minor_faults() - f)
     return times, {k: int(statistics.median(v)) for k, v in faults.items()}
 
 
@@ -161,6 +228,10 @@ def bench_family(teacher_spec: ModelSpec, widths: list[int], students: list[Mode
             plan_ms = statistics.median(plan_times) - med["expand"]
             exp_mb = peak_mib(lambda chain=chain, spec=spec: expand_state_dict(chain, spec))
             copy_mb = peak_mib(lambda sd=sd: {k: v.clone() for k, v in sd.items()})
+            exp_torch = torch_peak_mib(lambda chain=chain, spec=spec: expand_state_dict(chain, spec))
+            copy_torch = torch_peak_mib(lambda sd=sd: {k: v.clone() for k, v in sd.items()})
+            plan = next(p for k, p in chain.__dict__["_expand_plans"].items() if k[1] == spec)
+            cache_mib, plan_mib = _held_mib(chain.__dict__["_expand_cache"]), _held_mib(plan)
             built = build_model(spec, NUM_CLASSES)
 
             def into(chain=chain, spec=spec, built=built) -> None:  # model level: fill a pre-built student
@@ -175,6 +246,7 @@ def bench_family(teacher_spec: ModelSpec, widths: list[int], students: list[Mode
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dg_ms, dg_mb = measure(lambda spec=spec: prune_to_spec(teacher, spec), 1 if quick else 3)
+            dg_torch = torch_peak_mib(lambda spec=spec: prune_to_spec(teacher, spec))
         exp_ms = med["expand"]
         row = {
             "arch": teacher_spec.arch,
@@ -195,7 +267,9 @@ def bench_family(teacher_spec: ModelSpec, widths: list[int], students: list[Mode
             "ratio_vs_copy": ratio,
             "ratio_vs_flat_copy": exp_ms / med["flat_copy"],
             "model_ratio_vs_load_state_dict": model_ms / load_ms,
-            "peak_mib": {"expand": exp_mb, "depgraph": dg_mb, "copy": copy_mb},
+            "peak_mib": {"expand": exp_torch, "depgraph": dg_torch, "copy": copy_torch},
+            "rss_growth_mib": {"expand": exp_mb, "depgraph": dg_mb, "copy": copy_mb},
+            "held_mib": {"chain_cache": cache_mib, "student_plan": plan_mib},
             "minor_faults": faults,
         }
         rows.append(row)
@@ -205,7 +279,8 @@ def bench_family(teacher_spec: ModelSpec, widths: list[int], students: list[Mode
             f"copy {med['copy']:5.2f} ms (flat {med['flat_copy']:5.2f}) | {row['speedup_vs_depgraph']:6.1f}x DepGraph, "
             f"{ratio:4.2f}x copy"
             f" | into model {model_ms:5.2f} vs load_state_dict {load_ms:5.2f}, new module {full_ms:5.1f}"
-            f" | peak MiB exp/dg/copy {exp_mb:.0f}/{dg_mb:.0f}/{copy_mb:.0f}"
+            f" | peak MiB exp/dg/copy {exp_torch:.1f}/{dg_torch:.0f}/{copy_torch:.1f} (held: cache {cache_mib:.0f},"
+            f" plan {plan_mib:.1f})"
             f" | page faults/call exp/copy {faults['expand']}/{faults['copy']}"
         )
     return rows

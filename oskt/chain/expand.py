@@ -447,18 +447,18 @@ class _RowOp:
 
 
 def _index(rows: int, cols: np.ndarray, n_cols: int, k: int, device: torch.device) -> Tensor:
-    """Gather index of columns ``cols`` of an ``[R, n_cols·k]`` tensor: ``[1, len(cols)]`` element columns for
-    ``torch.gather`` (k = 1, expanded over the rows), else ``[R·len(cols)]`` ``k``-blocks for ``index_select`` of
-    its ``[R·n_cols, k]`` view (a 3×3 column is 9 contiguous values: block copies beat element gathers)."""
+    """Gather index of columns ``cols`` of an ``[R, n_cols·k]`` tensor: ``[R, len(cols)]`` element columns for
+    ``torch.gather`` (k = 1; one row, expanded), else ``[R·len(cols)]`` ``k``-blocks for ``index_select`` of its
+    ``[R·n_cols, k]`` view (a 3×3 column is 9 contiguous values: block copies beat element gathers)."""
     if k == 1:
-        return torch.as_tensor(cols.reshape(1, -1), device=device)
+        return torch.as_tensor(cols.reshape(1, -1), device=device).expand(rows, -1)
     return torch.as_tensor((np.arange(rows)[:, None] * n_cols + cols[None, :]).reshape(-1), device=device)
 
 
-def _take(src: Tensor, idx: Tensor, k: int, rows: int, out: Tensor) -> Tensor:
+def _take(src: Tensor, idx: Tensor, k: int, out: Tensor) -> Tensor:
     """``out[r, c·k + j] = src[r, idx_c·k + j]`` with an index from ``_index``."""
     if k == 1:
-        return torch.gather(src, 1, idx.expand(rows, -1), out=out)
+        return torch.gather(src, 1, idx, out=out)
     torch.index_select(src.view(-1, k), 0, idx, out=out.view(-1, k))
     return out
 
@@ -650,10 +650,10 @@ class _StudentPlan:
             out2 = out.view(op.shape[0], -1)
             width = out2.shape[1]
             top = out2[:r] if op.head else self._scratch[op.stage : op.stage + r * width].view(r, width)
-            _take(p, op.end, op.k, r, top)
+            _take(p, op.end, op.k, top)
             if op.prev is not None:  # minus the previous group's end, read before any column changes
-                n = op.prev.shape[-1] if op.k == 1 else op.prev.numel() // r
-                prev = _take(top, op.prev, op.k, r, self._scratch[op.tmp : op.tmp + r * n * op.k].view(r, -1))
+                n = op.prev.numel() * op.k
+                prev = _take(top, op.prev, op.k, self._scratch[op.tmp : op.tmp + n].view(r, -1))
                 if isinstance(op.nf, tuple):
                     top[:, op.nf[0] : op.nf[1]].sub_(prev)
                 else:
