@@ -687,7 +687,7 @@ def _expand_state_dict_fast(
         key = (_labels_key(chain), spec, bn_stats, str(device))
         plan = plans.get(key)
         if plan is None:
-            if len(plans) >= 64:
+            if len(plans) >= 16:  # a plan holds index tensors and scratch (up to ~10 MiB for ResNet-50 students)
                 plans.pop(next(iter(plans)))
             plan = plans[key] = _StudentPlan(chain, spec, cached_allocations(chain, spec, device), cache, bn_stats)
         state = plan.run(chain, cache, proj_bias, cache.flat.dtype)
