@@ -175,12 +175,12 @@ class PrefixCache:
         self.tensors: dict[str, Tensor] = {}
         with torch.no_grad():
             for r in chain.plan.rows:
-                if r.inp is not None:
-                    self.tensors[r.param] = _prefix(chain, r)
+                if r.inp is not None:  # column-major ([N + 1, R, k]): gathering columns copies contiguous rows
+                    self.tensors[r.param] = _prefix(chain, r).transpose(0, 1).contiguous()
 
 
 def _prefix(chain: WeightChain, r) -> Tensor:
-    """Within-cluster column prefix sums of row layer ``r``, column-major ``[N_in + 1, R, k]`` (last: zeros)."""
+    """Within-cluster column prefix sums of row layer ``r``, ``[R, N_in + 1, k]`` (last column: zeros)."""
     c = chain.gene(r.param)
     c3 = c.reshape(c.shape[0], c.shape[1], -1)
     lab = chain.label(r.inp)
@@ -191,14 +191,16 @@ def _prefix(chain: WeightChain, r) -> Tensor:
     cs = torch.cat([cs.new_zeros(cs.shape[0], 1, cs.shape[2]), cs], 1)
     seg = cs[:, 1:] - cs.index_select(1, first)  # restart the sum at every cluster
     seg = torch.cat([seg, seg.new_zeros(seg.shape[0], 1, seg.shape[2])], 1)
-    # stored column-major ([N + 1, R, k]) so that gathering columns copies contiguous rows
-    return seg.transpose(0, 1).contiguous().to(c.dtype)
+    return seg.to(c.dtype)
+
+
+def _version_key(tensors: list[Tensor]) -> tuple:
+    """Identity and in-place version of every tensor: changes when one is replaced or updated in place."""
+    return tuple([(t.data_ptr(), t._version) for t in tensors])
 
 
 def _cache_key(chain: WeightChain) -> tuple:
-    return tuple((p.data_ptr(), p._version) for p in chain.genes.values()) + tuple(
-        (b.data_ptr(), b._version) for b in chain.labels.buffers()
-    )
+    return _version_key([*chain.genes._parameters.values(), *chain.labels._buffers.values()])
 
 
 def prefix_cache(chain: WeightChain) -> PrefixCache:
@@ -354,7 +356,7 @@ def _check_options(bn_stats: str, proj_bias: str) -> None:
 
 
 def _labels_key(chain: WeightChain) -> tuple:
-    return tuple([(b.data_ptr(), b._version) for b in chain.labels._buffers.values()])
+    return _version_key(list(chain.labels._buffers.values()))
 
 
 def _state_tensors(chain: WeightChain) -> list[Tensor]:
@@ -364,7 +366,7 @@ def _state_tensors(chain: WeightChain) -> list[Tensor]:
 
 
 def _state_key(chain: WeightChain) -> tuple:
-    return tuple([(t.data_ptr(), t._version) for t in _state_tensors(chain)])
+    return _version_key(_state_tensors(chain))
 
 
 class _ExpandCache:
@@ -378,15 +380,18 @@ class _ExpandCache:
     Plus the concatenated sources of the averaged vectors, per option (``sources``)."""
 
     def __init__(self, chain: WeightChain) -> None:
-        self.key = _state_key(chain)
-        self.mixed = len({t.dtype for t in _state_tensors(chain) if t.is_floating_point()}) > 1
+        tensors = _state_tensors(chain)
+        self.key = _version_key(tensors)
+        self.mixed = len({t.dtype for t in tensors if t.is_floating_point()}) > 1
         self.totals: dict[str, Tensor] = {}
         self._sources: dict[tuple, Tensor] = {}
+        if self.mixed:  # expansion falls back to the reference path: nothing to build
+            return
         pieces = []
         for r in chain.plan.rows:
             if r.inp is None:
                 continue
-            p = _prefix(chain, r).transpose(0, 1).contiguous()  # [R, N_in + 1, k]
+            p = _prefix(chain, r)  # [R, N_in + 1, k]
             size = torch.bincount(chain.label(r.inp), minlength=chain.num_clusters(r.inp))
             self.totals[r.param] = p.index_select(1, torch.cumsum(size, 0) - 1).reshape(p.shape[0], -1)
             pieces.append((r.param, p.reshape(p.shape[0], -1)))
@@ -417,11 +422,8 @@ def _expand_cache(chain: WeightChain) -> _ExpandCache:
     return cache
 
 
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """``[lo, hi)`` ranges of the True entries of ``mask``."""
-    idx = np.flatnonzero(mask)
-    if not len(idx):
-        return []
+def _runs(idx: np.ndarray) -> list[tuple[int, int]]:
+    """``[lo, hi)`` ranges covering the sorted, non-empty indices ``idx``."""
     breaks = np.flatnonzero(np.diff(idx) != 1)
     lo = np.concatenate([idx[:1], idx[breaks + 1]])
     hi = np.concatenate([idx[breaks], idx[-1:]]) + 1
@@ -581,7 +583,7 @@ class _StudentPlan:
             if len(nf_cols):
                 tmp, scratch = scratch, scratch + rows * len(nf_cols) * k
                 prev = _index(rows, prev_cols, s_in, k, device)
-                runs = _runs(before != n_in)  # one range: sub_ on a slice; several (per head): one index_add_
+                runs = _runs(nf_cols)  # one range: sub_ on a slice; several (per head): one index_add_
                 nf = (runs[0][0] * k, runs[0][1] * k) if len(runs) == 1 else torch.as_tensor(nf_cols, device=device)
             end_t = _index(rows, end, n_in + 1, k, device)
             self.ops.append(_RowOp(r.param, "prefix", shape, rows, rest, head, k, end_t, nf, prev, stage, tmp))

@@ -109,3 +109,13 @@ def test_float64_chain_matches_reference() -> None:
         ref = _expand_state_dict_reference(chain, spec)
         assert list(new) == list(ref)
         assert all(torch.equal(new[k], ref[k]) for k in new)
+
+
+def test_mixed_dtype_chain_falls_back_to_the_reference() -> None:
+    torch.manual_seed(3)
+    chain = build_chain(build_model(RES_T, 5), 2, init="random")
+    chain.snapshot.put("bn1.weight", chain.snapshot.get("bn1.weight").double())
+    spec = RES_STUDENTS[1]
+    new, ref = expand_state_dict(chain, spec), _expand_state_dict_reference(chain, spec)
+    assert chain.__dict__["_expand_cache"].mixed
+    assert list(new) == list(ref) and all(torch.equal(new[k], ref[k]) for k in new)
