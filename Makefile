@@ -8,7 +8,7 @@ STAMP := $(VENV)/.oskt-synced
 export UV_PYTHON_DOWNLOADS := never
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: setup run test lint bench results results-vit clean-env
+.PHONY: setup run test lint bench results results-vit rehearse clean-env
 
 $(STAMP): pyproject.toml uv.lock
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml uv.lock
 setup: $(STAMP)
 
 run: setup
-	$(VENV)/bin/python -m oskt.pipeline.main --profile quick
+	$(VENV)/bin/python -m flows run --profile quick
 
 test: setup
 	$(VENV)/bin/python -m pytest -q tests
@@ -38,6 +38,19 @@ results: run
 results-vit: setup
 	$(VENV)/bin/oskt run --params outputs/vit/params.yaml --profile quick_vit --orchestrator prefect \
 	    --set compute.out_dir=outputs/vit --set tracking.uri=sqlite:///outputs/vit/mlflow.db --set 'students.seeds=$(SEEDS)'
+
+# The paper-scale rehearsal (issue #18): each paper profile's whole pipeline (every stage and grid cell, full model
+# and input size, REHEARSE_ITERS iterations per phase) on stand-in data through DVC -> Prefect -> Ray -> MLflow,
+# each in its own workspace under outputs/rehearsal/; figures to bench/results/rehearsal.json, docs/cost.md.
+REHEARSE_PROFILES ?= paper paper_vit
+REHEARSE_ITERS ?= 2
+rehearse: setup
+	@for p in $(REHEARSE_PROFILES); do \
+	    start=$$(date +%s); \
+	    $(VENV)/bin/python -m flows rehearse --profile $$p --iters $(REHEARSE_ITERS) \
+	        --record bench/results/rehearsal.json --doc docs/cost.md || exit $$?; \
+	    echo "make rehearse: $$p took $$(( $$(date +%s) - start )) s"; \
+	done
 
 lint: setup
 	$(VENV)/bin/ruff check oskt flows tests bench

@@ -3,14 +3,15 @@
 For the full-size ResNet-50 teacher (random weights) and its chains 8/16/32, and for ViT-S with its chain 120,
 time generating every student by
 
-* expansion: ``expand_state_dict`` (row stacking / column summing / averaging into the student's backbone state
-  dict) with the chain's cache (``_ExpandCache``: prefix sums and cluster totals, built once per chain like the
-  clustering) and the student's plan (``_StudentPlan``: index tensors, built once per student shape) warm: a
-  deployed service loads a chain once and expands many students from it. This is the goal's figure
-  (``expand_ms``). Also recorded: ``first_ms`` (the very first call: chain cache + allocation + plan),
-  ``plan_ms`` (a new student shape on a warm chain cache: allocation + plan), the per-layer reference
-  implementation it is tested against bitwise (``reference_ms``), filling a pre-built student (vs
-  ``load_state_dict``) and building a new module (``expand``);
+* expansion: ``Expander(chain).state_dict(spec)`` (row stacking / column summing / averaging into the student's
+  backbone state dict) with the Expander's chain cache (float64 within-cluster column prefix sums and the
+  S-Student's column sums, built once per chain like the clustering) and the student's plan (index tensors, built
+  once per student shape) warm: a deployed service holds one ``Expander`` per chain and expands many students from
+  it. This is the goal's figure (``expand_ms``). Also recorded: ``first_ms`` (a fresh Expander's first call, what
+  the functions ``expand`` / ``expand_state_dict`` cost: chain cache + allocation + plan), ``plan_ms`` (a new
+  student shape on a warm chain cache: allocation + plan), the per-layer reference implementation it is tested
+  against bitwise (``reference_ms``, ``oskt.chain.reference``: no cache, timed apart with fewer repeats), filling
+  a pre-built student (vs ``load_state_dict``) and building a new module (``Expander.expand``);
 * DepGraph (torch-pruning, ``prune_to_spec``) pruning the same teacher to the same widths; every call deep-copies
   the teacher, traces it and builds its dependency graph (the real cost of pruning one student: the graph is
   tied to the model it prunes), then prunes;
@@ -24,13 +25,15 @@ garbage collector paused (``gc_paused``). Memory, from one extra call
 each: ``peak_mib``, the peak of what torch allocates during the call, outputs included (``torch.profiler`` memory
 events); ``rss_growth_mib``, the growth of the peak resident set (Linux ``VmHWM``, reset through
 ``/proc/self/clear_refs``; 0 when the allocator reuses memory it holds); ``held_mib``, what expansion keeps
-between calls (the chain's cache, the student's plan). Chain building
+between calls (``Expander.held_bytes``: the chain cache, the student's plan). Chain building
 (clustering) is not part of expansion and is timed separately; ``--quick`` uses random cluster assignments
 (allocation only depends on cluster sizes) and fewer repeats to stay under a minute.
 
 Goals: expansion (caches warm) ≥ 100× faster than DepGraph and ≤ 3× the copy. The torch thread count is set
-explicitly (``--threads``, default 2). Figures go to ``bench/results/expand_speed.json``.
-Usage: ``python bench/expand_speed.py [--quick] [--threads N]``.
+explicitly (``--threads``, default 2); ``--cpu-time --threads 1`` times CPU time instead of wall time (a loaded,
+shared machine: with 2 threads, a descheduled worker thread stalls every op). Figures go to
+``bench/results/expand_speed.json``, with the load average.
+Usage: ``python bench/expand_speed.py [--quick] [--threads N] [--cpu-time]``.
 """
 
 from __future__ import annotations
@@ -50,11 +53,12 @@ from typing import Any
 import torch
 
 from oskt.baselines.depgraph import prune_to_spec
-from oskt.chain import build_chain, expand, expand_state_dict
-from oskt.chain.expand import _expand_state_dict_reference
+from oskt.chain import Expander, build_chain, expand_state_dict
+from oskt.chain.reference import expand_state_dict_reference
 from oskt.models import ModelSpec, build_model, parse_spec, select_chain
 
 NUM_CLASSES = 751
+CLOCK = time.perf_counter  # ``--cpu-time``: time.thread_time (the calling thread's CPU time)
 
 
 def _status(field: str) -> int:
@@ -90,9 +94,9 @@ def gc_paused() -> Iterator[None]:
 
 def _timed(fn: Callable[[], Any]) -> float:
     """Wall time (ms) of one call."""
-    t = time.perf_counter()
+    t = CLOCK()
     out = fn()
-    ms = (time.perf_counter() - t) * 1e3
+    ms = (CLOCK() - t) * 1e3
     del out
     return ms
 
@@ -134,31 +138,13 @@ def torch_peak_mib(fn: Callable[[], Any]) -> float:
     return best / 2**20
 
 
-def _held_mib(*objs: Any) -> float:
-    """MiB of the tensors held by ``objs`` (attributes, dataclass fields, containers; each storage once)."""
-    seen: set[int] = set()
-    total = 0
+def _bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Same keys in the same order and the same bits (the full-size check of ``tests/unit/test_expand_plan.py``)."""
 
-    def walk(o: Any, depth: int = 0) -> None:
-        nonlocal total
-        if isinstance(o, torch.Tensor):
-            key = o.untyped_storage().data_ptr()
-            if key not in seen:
-                seen.add(key)
-                total += o.untyped_storage().nbytes()
-        elif depth < 4 and isinstance(o, dict):
-            for v in o.values():
-                walk(v, depth + 1)
-        elif depth < 4 and isinstance(o, list | tuple):
-            for v in o:
-                walk(v, depth + 1)
-        elif depth < 4 and hasattr(o, "__dict__") and not isinstance(o, type):
-            for v in vars(o).values():
-                walk(v, depth + 1)
+    def bits(t: torch.Tensor) -> torch.Tensor:
+        return t.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
 
-    for o in objs:
-        walk(o)
-    return total / 2**20
+    return list(a) == list(b) and all(a[k].dtype == b[k].dtype and torch.equal(bits(a[k]), bits(b[k])) for k in a)
 
 
 def _minor_faults() -> int:
@@ -182,13 +168,6 @@ def round_robin(fns: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[s
     return times, {k: int(statistics.median(v)) for k, v in faults.items()}
 
 
-def _drop_caches(chain, plan_only: bool) -> None:
-    """Forget what the first expansion of a student computes (``plan_only``: keep the chain's cache)."""
-    names = ["_alloc_cache", "_expand_plans"] + ([] if plan_only else ["_prefix_cache", "_expand_cache"])
-    for name in names:
-        chain.__dict__.pop(name, None)
-
-
 def bench_family(teacher_spec: ModelSpec, widths: list[int], students: list[ModelSpec], quick: bool) -> list[dict]:
     teacher = build_model(teacher_spec, NUM_CLASSES).eval()
     t = time.perf_counter()
@@ -201,48 +180,55 @@ def bench_family(teacher_spec: ModelSpec, widths: list[int], students: list[Mode
         chain = chains[w]
         reps = 5 if quick else 21
         with torch.no_grad():
-            _drop_caches(chain, plan_only=False)
-            t = time.perf_counter()
-            expand_state_dict(chain, spec)  # first call: chain cache + allocation + plan
-            first_ms = (time.perf_counter() - t) * 1e3
+            t = CLOCK()
+            expand_state_dict(chain, spec)  # a short-lived Expander: chain cache + allocation + plan
+            first_ms = (CLOCK() - t) * 1e3
+            expander = Expander(chain)  # what a service holds
+            expander.state_dict(spec)
             plan_times = []
             for _ in range(1 if quick else 3):
-                _drop_caches(chain, plan_only=True)
-                t = time.perf_counter()
-                expand_state_dict(chain, spec)  # allocation + plan (chain cache warm)
-                plan_times.append((time.perf_counter() - t) * 1e3)
+                expander.clear(plans_only=True)
+                t = CLOCK()
+                expander.state_dict(spec)  # allocation + plan (chain cache warm)
+                plan_times.append((CLOCK() - t) * 1e3)
             sd = build_model(spec, NUM_CLASSES).backbone.state_dict()
             nbytes = sum(v.numel() * v.element_size() for v in sd.values())
             flat = torch.empty(nbytes, dtype=torch.uint8)
             times, faults = round_robin(
                 {
-                    "expand": lambda chain=chain, spec=spec: expand_state_dict(chain, spec),
+                    "expand": lambda ex=expander, spec=spec: ex.state_dict(spec),
                     "copy": lambda sd=sd: {k: v.clone() for k, v in sd.items()},
                     "flat_copy": lambda flat=flat: flat.clone(),
-                    "reference": lambda chain=chain, spec=spec: _expand_state_dict_reference(chain, spec),
                 },
                 reps,
             )
             med = {k: statistics.median(v) for k, v in times.items()}
             ratio = statistics.median(e / c for e, c in zip(times["expand"], times["copy"], strict=True))
             plan_ms = statistics.median(plan_times) - med["expand"]
-            exp_mb = peak_mib(lambda chain=chain, spec=spec: expand_state_dict(chain, spec))
+            t = CLOCK()
+            ref = expand_state_dict_reference(chain, spec)  # the test oracle: no cache, slow
+            ref_ms = (CLOCK() - t) * 1e3
+            if not quick:
+                ref_ms, _ = measure(lambda chain=chain, spec=spec: expand_state_dict_reference(chain, spec), 3)
+            matches = _bitwise_equal(expander.state_dict(spec), ref)
+            del ref
+            exp_mb = peak_mib(lambda ex=expander, spec=spec: ex.state_dict(spec))
             copy_mb = peak_mib(lambda sd=sd: {k: v.clone() for k, v in sd.items()})
-            exp_torch = torch_peak_mib(lambda chain=chain, spec=spec: expand_state_dict(chain, spec))
+            exp_torch = torch_peak_mib(lambda ex=expander, spec=spec: ex.state_dict(spec))
             copy_torch = torch_peak_mib(lambda sd=sd: {k: v.clone() for k, v in sd.items()})
-            plan = next(p for k, p in chain.__dict__["_expand_plans"].items() if k[1] == spec)
-            cache_mib, plan_mib = _held_mib(chain.__dict__["_expand_cache"]), _held_mib(plan)
+            held = expander.held_bytes(spec)
+            cache_mib, plan_mib = held["chain_cache"] / 2**20, held["student_plans"] / 2**20
             built = build_model(spec, NUM_CLASSES)
 
-            def into(chain=chain, spec=spec, built=built) -> None:  # model level: fill a pre-built student
-                built.backbone.load_state_dict(expand_state_dict(chain, spec))
+            def into(ex=expander, spec=spec, built=built) -> None:  # model level: fill a pre-built student
+                built.backbone.load_state_dict(ex.state_dict(spec))
                 built.reset_classifier(NUM_CLASSES)
 
             full_sd = built.state_dict()
             mreps = 3 if quick else 7
             model_ms, _ = measure(into, mreps)
             load_ms, _ = measure(lambda built=built, sd=full_sd: built.load_state_dict(sd), mreps)
-            full_ms, _ = measure(lambda chain=chain, spec=spec: expand(chain, spec, NUM_CLASSES), mreps)
+            full_ms, _ = measure(lambda ex=expander, spec=spec: ex.expand(spec, NUM_CLASSES), mreps)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dg_ms, dg_mb = measure(lambda spec=spec: prune_to_spec(teacher, spec), 1 if quick else 3)
@@ -256,7 +242,8 @@ def bench_family(teacher_spec: ModelSpec, widths: list[int], students: list[Mode
             "expand_ms": exp_ms,
             "first_ms": first_ms,
             "plan_ms": plan_ms,
-            "reference_ms": med["reference"],
+            "reference_ms": ref_ms,
+            "matches_reference": matches,
             "expand_into_model_ms": model_ms,
             "expand_build_model_ms": full_ms,
             "depgraph_ms": dg_ms,
@@ -275,7 +262,7 @@ def bench_family(teacher_spec: ModelSpec, widths: list[int], students: list[Mode
         rows.append(row)
         print(
             f"  {spec.name:>6} chain {w:>3} ({row['student_mib']:5.1f} MiB): expand {exp_ms:6.2f} ms (first "
-            f"{first_ms:6.1f}, plan {plan_ms:6.1f}, reference {med['reference']:6.2f}) | DepGraph {dg_ms:7.1f} ms | "
+            f"{first_ms:6.1f}, plan {plan_ms:6.1f}, reference {ref_ms:6.2f}) | DepGraph {dg_ms:7.1f} ms | "
             f"copy {med['copy']:5.2f} ms (flat {med['flat_copy']:5.2f}) | {row['speedup_vs_depgraph']:6.1f}x DepGraph, "
             f"{ratio:4.2f}x copy"
             f" | into model {model_ms:5.2f} vs load_state_dict {load_ms:5.2f}, new module {full_ms:5.1f}"
@@ -291,7 +278,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="random cluster assignments, fewer repeats (< 1 min)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "expand_speed.json"))
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time the calling thread's CPU time instead of wall time (with --threads 1: every op runs on that "
+        "thread), for a loaded shared machine where other processes' load would otherwise dominate",
+    )
     args = parser.parse_args(argv)
+    if args.cpu_time and args.threads != 1:
+        parser.error("--cpu-time needs --threads 1 (other threads' CPU time is not counted)")
+    global CLOCK
+    CLOCK = time.thread_time if args.cpu_time else time.perf_counter
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -299,21 +296,28 @@ def main(argv: list[str] | None = None) -> int:
     rows = bench_family(parse_spec("T"), [8, 16, 32], resnet, args.quick)
     vit = [parse_spec(n, "vit_small", drop_path=0.0) for n in ("S1", "S2")]
     rows += bench_family(parse_spec("T", "vit_small", drop_path=0.0), [120], vit, args.quick)
+    if not all(r["matches_reference"] for r in rows):
+        raise SystemExit("expand_speed: the expansion differs from the reference implementation")
     speedup = min(r["speedup_vs_depgraph"] for r in rows)
     copy_ratio = max(r["ratio_vs_copy"] for r in rows)
     summary = {
         "quick": args.quick,
         "threads": torch.get_num_threads(),
+        "clock": "thread CPU time" if args.cpu_time else "wall",
         "seconds": time.perf_counter() - t0,
         "min_speedup_vs_depgraph": speedup,
         "max_ratio_vs_copy": copy_ratio,
+        "load_average": os.getloadavg(),
         "rows": rows,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(summary, f, indent=2)
     print(f"wrote {args.out} ({summary['seconds']:.0f}s)")
-    print(f"expand_speed: threads={torch.get_num_threads()}, figures for expand_state_dict with warm caches")
+    print(
+        f"expand_speed: threads={torch.get_num_threads()}, {summary['clock']} clock, load {os.getloadavg()[0]:.1f}, "
+        "figures for Expander.state_dict with its cache and plan warm"
+    )
     print(f"expand_speed: ratio_vs_copy={copy_ratio:.2f} (max over students, goal <= 3)")
     print(f"expand_speed: speedup_vs_depgraph={speedup:.1f} (goal >= 100)")
     return 0

@@ -1,20 +1,20 @@
 """Student-grid fan-out: 4 real fine-tunes on a local Ray (2 CPUs, 1 CPU per cell) versus serially in one process,
 plus the orchestration overhead per grid cell of the production path (Prefect flow on prefect-ray + MLflow).
 
-The cells are real ``oskt.train.finetune_student`` runs (Scratch-initialised S1 students, seeds 0-3) on a small
-embedded synthetic data set, executed by ``oskt.pipeline.grid.run_cell`` exactly as in the pipeline; this module is
-the pipeline backend for them (``train_cell`` / ``complexity``), so no teacher or chain is needed.
+The cells are real grid cells (Scratch-initialised S1 students, seeds 0-3: the one method that reads no upstream job,
+so no teacher or chain is needed) on a small embedded synthetic data set, executed by ``oskt.pipeline.grid.run_grid``
+exactly as in the pipeline, through each engine in turn.
 
 Measured in one run, on the same cells (each side first runs a throwaway cell, so first-call costs such as imports
 and data set parsing are not timed):
 
-* ``serial``: ``run_serial`` in this process with one torch thread, i.e. exactly the per-cell work of a Ray cell;
+* ``serial``: the serial engine in this process with one torch thread, i.e. exactly the per-cell work of a Ray cell;
   the full run also times torch's default thread count (intra-op parallelism instead of fan-out), reported as
   ``serial_default_threads_s``;
 * ``ray``: plain Ray tasks (``num_cpus=1`` each, torch threads = 1) on ``ray.init(num_cpus=2)``; start-up and the
   warm-up cells are reported separately as ``ray_cold_start_s``;
 * ``stack``: the same grid through Prefect (temporary server, started outside the timing) → RayTaskRunner →
-  MLflow (SQLite), i.e. what ``python -m oskt.pipeline students`` runs; overhead per cell = (stack − ray) / cells.
+  MLflow (SQLite), i.e. what ``python -m flows stage students`` runs; overhead per cell = (stack − ray) / cells.
 
     python bench/fanout.py            # 4 cells, longer fine-tunes
     python bench/fanout.py --quick    # < 1 min
@@ -25,41 +25,14 @@ Last line: ``fanout: speedup=<serial/ray> (goal >= 1.7)``; figures go to ``bench
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BACKEND = "bench.fanout"
-
-
-# ------------------------------------------------------------------------------------------------ backend (cells)
-
-
-def train_cell(cfg: Any, cell: Any, paths: Any, out_dir: str, tracker: Any) -> tuple[str, dict[str, float]]:
-    """A Scratch S1 student fine-tuned with the real recipe (the cell's seed)."""
-    from oskt import io
-    from oskt.data import load_dataset
-    from oskt.models import build_model, save_model
-    from oskt.pipeline.cell import student_spec
-    from oskt.train import finetune_student
-
-    ds = load_dataset(cell.target, cfg.data)
-    init = io.join(out_dir, "init", "student_init.pt")
-    save_model(init, build_model(student_spec(cfg, cell.student), ds.num_train_pids), "student", config=cfg.to_dict())
-    r = finetune_student(cfg, init, ds, io.join(out_dir, "finetune"), seed=cell.seed, tracker=tracker)
-    return r.checkpoint, {k: float(v) for k, v in r.metrics.items()}
-
-
-def complexity(cfg: Any, checkpoint: str) -> dict[str, float]:
-    from oskt.pipeline.cell import complexity as _complexity
-
-    return _complexity(cfg, checkpoint)
 
 
 # ------------------------------------------------------------------------------------------------ bench
@@ -81,16 +54,16 @@ def main(argv: list[str] | None = None) -> int:
         "HF_HUB_OFFLINE": "1",
     }.items():
         os.environ.setdefault(k, v)
-    os.environ["OSKT_PIPELINE_BACKEND"] = BACKEND  # the Prefect path resolves the backend from the environment
     sys.path.insert(0, os.path.dirname(HERE))
 
     import ray
     import torch
 
-    from oskt.config import load_config
+    from flows.engines import prefect_api_url, prefect_engine, ray_engine, ray_init_kwargs
+    from oskt.config import load_config, with_overrides
     from oskt.data import make_synthetic
-    from oskt.pipeline.engines import ray_init_kwargs, run_ray, run_serial
-    from oskt.pipeline.grid import grid_cells
+    from oskt.pipeline.graph import jobs_from_config
+    from oskt.pipeline.grid import run_grid, serial
     from oskt.pipeline.records import Paths, TrackingTarget
 
     tmp = tempfile.mkdtemp(prefix="oskt-fanout-")
@@ -103,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             f"compute.out_dir={tmp}/out",
             "compute.device=cpu",
             "compute.cpus_per_task=1",
+            "compute.ray_num_cpus=2",
             "students.names=[S1]",
             "students.methods=[scratch]",
             "students.scenarios=[synth_a->synth_a]",
@@ -118,44 +92,45 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     make_synthetic(os.path.join(tmp, "data", "synth_a"), cfg.data.synthetic, "a")
-    cells = grid_cells(cfg)
+    cells = jobs_from_config(cfg).cells
+    warm = jobs_from_config(with_overrides(cfg, ["students.seeds=[100,101]"])).cells
     default_threads = torch.get_num_threads()
     try:
         # serial, in this process, one thread per cell as on Ray (identical work per cell); first-call costs
         # (imports, allocator, data set parsing) are paid by a throwaway cell before each timing, on both sides
         torch.set_num_threads(1)
-        run_serial(cfg, cells[:1], Paths(f"{tmp}/warm"), backend=BACKEND)
+        run_grid(cells[:1], Paths(f"{tmp}/warm"), engine=serial)
         t0 = time.perf_counter()
-        serial1 = run_serial(cfg, cells, Paths(f"{tmp}/serial1"), backend=BACKEND)
+        serial1 = run_grid(cells, Paths(f"{tmp}/serial1"), engine=serial)
         serial1_s = time.perf_counter() - t0
         torch.set_num_threads(default_threads)
-        serial_s, serial = float("nan"), []
+        serial_s, serial_res = float("nan"), []
         if not args.quick:  # torch's default threads: intra-op parallelism instead of fan-out
             t0 = time.perf_counter()
-            serial = run_serial(cfg, cells, Paths(f"{tmp}/serial"), backend=BACKEND)
+            serial_res = run_grid(cells, Paths(f"{tmp}/serial"), engine=serial)
             serial_s = time.perf_counter() - t0
 
         # plain Ray, 2 CPUs, 1 CPU per cell, workers warmed up by a throwaway cell each
         t0 = time.perf_counter()
-        ray.init(**ray_init_kwargs(2, None))
-        run_ray(cfg, cells[:2], Paths(f"{tmp}/warm-ray"), backend=BACKEND)
+        ray.init(**ray_init_kwargs(cfg.compute, None))
+        run_grid(cells[:2], Paths(f"{tmp}/warm-ray"), engine=ray_engine(cfg.compute), threads=1)
         cold_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        fanned = run_ray(cfg, cells, Paths(f"{tmp}/ray"), backend=BACKEND)
+        fanned = run_grid(cells, Paths(f"{tmp}/ray"), engine=ray_engine(cfg.compute), threads=1)
         ray_s = time.perf_counter() - t0
 
         stack_s = float("nan")
         if not args.no_stack:  # Prefect flow -> RayTaskRunner (same Ray) -> MLflow, as the pipeline runs it
-            from flows.student_grid import prefect_api_url, run_student_grid
-            from oskt.pipeline.tracking import target_from_config
+            from oskt.pipeline.tracking import ensure_experiment, target_from_config
 
             prefect_api_url()  # start the temporary Prefect server outside the timing (a real team runs a server)
             target: TrackingTarget = target_from_config(cfg, parent_run_id="")
+            ensure_experiment(target)
             # warm-up grid: this path's workers (their runtime env differs), the MLflow database, the flow registration
-            warm_cfg = dataclasses.replace(cfg, students=dataclasses.replace(cfg.students, seeds=(100, 101)))
-            run_student_grid(warm_cfg, Paths(f"{tmp}/warm-stack"), target)
+            engine = prefect_engine(cfg.compute)
+            run_grid(warm, Paths(f"{tmp}/warm-stack"), engine=engine, target=target, threads=1)
             t0 = time.perf_counter()
-            run_student_grid(cfg, Paths(f"{tmp}/stack"), target)
+            run_grid(cells, Paths(f"{tmp}/stack"), engine=engine, target=target, threads=1)
             stack_s = time.perf_counter() - t0
     finally:
         if ray.is_initialized():
@@ -175,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "default_threads": default_threads,
         "speedup_vs_serial_default_threads": round(serial_s / ray_s, 3),
         "serial_cell_s": [round(r.seconds, 2) for r in serial1],
-        "serial_default_threads_cell_s": [round(r.seconds, 2) for r in serial],
+        "serial_default_threads_cell_s": [round(r.seconds, 2) for r in serial_res],
         "ray_cell_s": [round(r.seconds, 2) for r in fanned],
         "ray_s": round(ray_s, 2),
         "ray_num_cpus": 2,

@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 from bench.train_throughput import bare_loop  # noqa: E402
 from oskt.config import load_config  # noqa: E402
 from oskt.data import build_train_loader, load_dataset, make_synthetic  # noqa: E402
+from oskt.jobs import spec_of  # noqa: E402
 from oskt.models import build_model, load_model, save_model  # noqa: E402
-from oskt.models.spec import parse_spec, spec_options  # noqa: E402
 from oskt.runtime import select_device  # noqa: E402
 from oskt.train.api import _trainable  # noqa: E402
 from oskt.train.loop import LoopOptions, train_epoch  # noqa: E402
@@ -114,9 +114,7 @@ def main() -> None:
         device = select_device(cfg.compute.device)
         make_synthetic(str(Path(tmp) / "synth_a"), cfg.data.synthetic, "a")
         ds = load_dataset("synth_a", cfg.data)
-        spec = parse_spec(
-            args.student, cfg.teacher.arch, **spec_options(cfg.teacher, (cfg.data.height, cfg.data.width))
-        )
+        spec = spec_of(cfg.teacher, args.student, (cfg.data.height, cfg.data.width))
         init = str(Path(tmp) / "init.pt")
         save_model(init, build_model(spec, ds.num_train_pids), "student")
         n = args.iters

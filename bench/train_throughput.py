@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 from oskt.config import load_config  # noqa: E402
 from oskt.data import load_dataset, make_synthetic, use_memory_cache  # noqa: E402
+from oskt.jobs import spec_of  # noqa: E402
 from oskt.models import build_model, load_model, save_model  # noqa: E402
-from oskt.models.spec import parse_spec, spec_options  # noqa: E402
+from oskt.pipeline.graph import finetune_job, run_options  # noqa: E402
 from oskt.runtime import select_device  # noqa: E402
 from oskt.tracking import MemoryTracker  # noqa: E402
 from oskt.train import ReIDLoss, build_optimizer, finetune_student  # noqa: E402
@@ -126,9 +127,7 @@ def main() -> None:
         make_synthetic(str(Path(tmp) / cfg.data.datasets["synth_a"].path), cfg.data.synthetic, "a")
         ds = load_dataset("synth_a", cfg.data)
         setup_s = time.perf_counter() - t0
-        spec = parse_spec(
-            args.student, cfg.teacher.arch, **spec_options(cfg.teacher, (cfg.data.height, cfg.data.width))
-        )
+        spec = spec_of(cfg.teacher, args.student, (cfg.data.height, cfg.data.width))
         init = str(Path(tmp) / "init.pt")
         save_model(init, build_model(spec, ds.num_train_pids), "student")
         # Shared machines are noisy (other jobs come and go): the bare loop runs right before the pipeline and
@@ -139,12 +138,12 @@ def main() -> None:
         bare_runs = [bare_model.run(iters)]
         tracker = MemoryTracker()
         t0 = time.perf_counter()
+        job = finetune_job(cfg, "synth_a", upstream="bench", seed=0)
         result = finetune_student(
-            cfg,
+            job,
             init,
-            ds,
             str(Path(tmp) / "run"),
-            seed=0,
+            run=run_options(cfg),
             tracker=tracker,
             callbacks=[lambda epoch, record: bare_runs.append(bare_model.run(iters))],
         )

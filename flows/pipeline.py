@@ -2,8 +2,8 @@
 nightly deployment (cron 02:00 UTC).
 
 The flow takes only strings (a params file, a profile, ``--set`` overrides), so a deployment can run it from
-``prefect.yaml`` or ``flow.serve``. Stages are idempotent (a finished output with the same fingerprint is reused),
-so a nightly run redoes only what a change in the params file or the code's outputs requires.
+``prefect.yaml`` or ``flow.serve``. Every job is reused when its folder holds its finished result
+(``oskt.jobs.reuse``), so a nightly run redoes only what a change in the params file requires.
 
 Serve it locally::
 
@@ -19,8 +19,11 @@ from prefect import flow
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
+from flows.engines import cell_threads, prefect_engine
 from flows.tasks import chain_task, prepare_task, report_task, teacher_task
 from oskt.config import load_config
+from oskt.data.refs import dataset_ref
+from oskt.pipeline.graph import datasets_used, jobs_from_config, run_options
 from oskt.pipeline.preflight import preflight
 from oskt.pipeline.records import Paths, ReportRecord
 from oskt.pipeline.run import pipeline_run
@@ -37,23 +40,21 @@ def oskt_pipeline(
     profile: str | None = None,
     overrides: list[str] | None = None,
     ray_address: str | None = None,
-    num_cpus: int | None = None,
 ) -> ReportRecord:
     """Run every stage; the student grid is a subflow mapped on Ray."""
     cfg = load_config(params=params, profile=profile, overrides=tuple(overrides or ()))
     preflight(cfg)  # one clear error before any training when MLflow / S3 cannot be reached
-    paths = Paths(cfg.compute.out_dir)
+    paths, run, graph = Paths(cfg.compute.out_dir), run_options(cfg), jobs_from_config(cfg)
     with pipeline_run(cfg, name="prefect:oskt-pipeline") as target:
-        prepare_task(cfg, paths, target)
-        teachers = {s: teacher_task.submit(cfg, s, paths, target) for s in cfg.data.sources}
+        prepare_task([dataset_ref(n, cfg.data) for n in datasets_used(cfg)], paths, target, cfg.data.bad_images, run)
+        teachers = {s: teacher_task.submit(j, paths, target, run) for s, j in graph.teachers.items()}
         chains = [
-            chain_task.submit(cfg, s, w, paths, target, wait_for=[teachers[s]])
-            for s in cfg.data.sources
-            for w in cfg.chain.widths
+            chain_task.submit(j, paths, target, run, wait_for=[teachers[s]]) for (s, _), j in graph.chains.items()
         ]
         [c.result() for c in chains]
         # the same stage function DVC runs: a 'students' MLflow run, then the grid subflow mapped on Ray
-        train_students(cfg, paths, target, engine="prefect", ray_address=ray_address, num_cpus=num_cpus)
+        engine = prefect_engine(cfg.compute, ray_address)
+        train_students(graph.cells, paths, target, engine=engine, threads=cell_threads(cfg.compute), run=run)
         return report_task(cfg, paths, target)
 
 

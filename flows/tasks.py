@@ -6,39 +6,45 @@ Ray itself (``max_retries`` in the remote options). Results are plain records, n
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from oskt.config import Config
-from oskt.pipeline import grid, reporting, stages
-from oskt.pipeline.records import CellResult, DataRecord, GridCell, Paths, ReportRecord, StageRecord, TrackingTarget
+from oskt.data.refs import DatasetRef
+from oskt.jobs import CellJob, ChainJob, RunOptions, TeacherJob
+from oskt.pipeline import reporting, stages
+from oskt.pipeline.records import CellResult, DataRecord, Paths, ReportRecord, StageRecord, TrackingTarget
 
 RETRIES = 2
 RETRY_DELAY_S = 5
 
 
 @task(name="prepare-data", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=NO_CACHE)
-def prepare_task(cfg: Config, paths: Paths, target: TrackingTarget | None) -> DataRecord:
+def prepare_task(
+    refs: list[DatasetRef], paths: Paths, target: TrackingTarget | None, bad_images: str, run: RunOptions
+) -> DataRecord:
     """Generate / check the data sets."""
-    return stages.prepare_data(cfg, paths, target)
+    return stages.prepare_data(refs, paths, target, bad_images=bad_images, run=run)
 
 
 @task(name="train-teacher", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=NO_CACHE)
-def teacher_task(cfg: Config, source: str, paths: Paths, target: TrackingTarget | None) -> StageRecord:
+def teacher_task(job: TeacherJob, paths: Paths, target: TrackingTarget | None, run: RunOptions) -> StageRecord:
     """Train the teacher of one source data set."""
-    return stages.train_teacher(cfg, source, paths, target)
+    return stages.train_teacher(job, paths, target, run)
 
 
 @task(name="refine-chain", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=NO_CACHE)
-def chain_task(cfg: Config, source: str, width: int, paths: Paths, target: TrackingTarget | None) -> StageRecord:
+def chain_task(job: ChainJob, paths: Paths, target: TrackingTarget | None, run: RunOptions) -> StageRecord:
     """Build and refine one chain width of one source."""
-    return stages.refine_chain(cfg, source, width, paths, target)
+    return stages.refine_chain(job, paths, target, run)
 
 
 @task(name="grid-cell", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=NO_CACHE)
-def cell_task(cell: GridCell, cfg: Config, paths: Paths, target: TrackingTarget | None, threads: int) -> CellResult:
-    """Fine-tune one student of the grid (skipped when already finished)."""
-    return grid.run_cell(cfg, cell, paths, target=target, threads=threads)
+def cell_task(cell: CellJob, fn: Callable[[CellJob], CellResult]) -> CellResult:
+    """Fine-tune one student of the grid (reused when already finished)."""
+    return fn(cell)
 
 
 @task(name="report", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=NO_CACHE)

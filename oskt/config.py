@@ -11,8 +11,6 @@ the whole tree and never a path to ``params.yaml``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,47 +26,20 @@ PROFILES = ("smoke", "quick", "paper", "smoke_vit", "quick_vit", "paper_vit")
 (≤15 min on 2 cores), ``paper`` = the authors' recipes for a GPU cluster; ``*_vit`` = the same for the ViT family."""
 
 ARCHS = ("resnet50", "vit_small", "vit_base")
-METHODS = ("oskt", "scratch", "wtsel", "kdpp", "depgraph")
+METHODS = ("oskt", "scratch", "wtsel", "kdpp", "depgraph", "ofa", "rsd")
+ENGINES = ("prefect", "ray", "serial")
 LAYOUTS = ("synthetic", "market1501", "msmt17", "cuhk03", "folder", "csv")
 
 
-# Keys that change how a run looks, not what it computes: they never invalidate a finished output.
-COSMETIC_KEYS = ("data.num_workers", "train.progress", "train.log_every", "eval.batch_size", "eval.query_chunk")
+RUN_OPTION = {"identity": False}
+"""Field metadata of settings that change how a run is carried out or shown, never what it computes (loader
+workers, progress output, evaluation batch size): a job's key (``oskt.jobs.job_key``) leaves them out, so changing
+one reruns nothing."""
 
 
-# What a phase's result depends on in the config. A folder's finished run or ``last.pt`` is reused only when it was
-# made with the same entries (and the same inputs: data set, teacher, init checkpoint, ...), so changing e.g.
-# ``students.lr`` and running again into the same folder trains again instead of returning the old result.
-PHASE_PARAMS: dict[str, tuple[str, ...]] = {
-    "teacher": ("data", "teacher", "train", "eval"),
-    "chain": ("data", "teacher", "chain", "train", "eval"),
-    "student": (
-        "data",
-        "teacher",
-        "chain",
-        "baselines",
-        "train",
-        "eval",
-        "students.epochs",
-        "students.milestones",
-        "students.lr",
-    ),
-}
-
-
-def fingerprint(flat: dict[str, Any], keys: tuple[str, ...], extra: dict[str, Any] | None = None) -> str:
-    """A short stable hash of the flattened config entries under ``keys`` (plus ``extra``).
-
-    Args:
-        flat: ``Config.flat()``.
-        keys: sections (``data``) or dotted keys (``students.epochs``) to include.
-        extra: more values that identify the output (e.g. a grid cell).
-    """
-    picked = {
-        k: v for k, v in flat.items() if any(k == p or k.startswith(p + ".") for p in keys) and k not in COSMETIC_KEYS
-    }
-    blob = json.dumps({"params": picked, "extra": extra or {}}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def run_option(default: Any) -> Any:
+    """A dataclass field that is a run option (see ``RUN_OPTION``)."""
+    return field(default=default, metadata=RUN_OPTION)
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -138,6 +109,30 @@ class SynthConfig:
 
 
 @dataclass(frozen=True)
+class InputConfig:
+    """How images become model inputs (the part of ``data`` every training and evaluation phase reads); built from
+    the ``data`` section by ``DataConfig.input``."""
+
+    height: int = 256
+    """Model input height in pixels."""
+    width: int = 128
+    """Model input width in pixels."""
+    normalize: str = "auto"
+    """``imagenet`` mean/std, ``half`` (mean = std = 0.5) or ``auto`` (per family)."""
+    cache: str = "auto"
+    """Training images: ``memory`` (decode once, augment on the device), ``none`` (PIL every epoch), ``auto``."""
+    bad_images: str = "fail"
+    """Unreadable images: ``fail`` or ``skip``."""
+    num_workers: int = run_option(0)
+    """DataLoader worker processes (a run option: same result with any count)."""
+
+    @classmethod
+    def of(cls, data: DataConfig) -> InputConfig:
+        """The input settings of a ``data`` section (the fields of the same names)."""
+        return cls(**{f.name: getattr(data, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
 class DataConfig:
     root: str = "data"
     """Where the data sets live: a local folder or an ``s3://`` URL (credentials from the environment)."""
@@ -153,7 +148,7 @@ class DataConfig:
     normalize: str = "auto"
     """Input normalisation: ``imagenet`` mean/std (CNN recipe), ``half`` (mean = std = 0.5, ViT recipe),
     ``auto`` = per family."""
-    num_workers: int = 4
+    num_workers: int = run_option(4)
     """DataLoader worker processes (0 = load in the main process)."""
     bad_images: str = "fail"
     """Policy for unreadable images: ``fail`` (error naming the file) or ``skip`` (drop and count)."""
@@ -167,8 +162,29 @@ class DataConfig:
     with PIL in ``num_workers`` processes every epoch; ``auto`` = ``memory`` when the cache (images x 3 x height x
     width bytes) is at most 4 GiB, else ``none``. Cost at 256x128 (96 KiB an image): Market-1501 train ~1.3 GB,
     MSMT17 train ~3.2 GB, held while the phase trains (one cache per training phase)."""
+    allow_outside_root: bool = False
+    """Let a data set name files outside its own folder: CSV rows with absolute or ``../`` paths, MSMT17 list lines
+    leading out of ``train/`` / ``test/``, ``data.datasets.<name>.path`` leading out of ``data.root`` with ``..``.
+    Off (default): such a row or path is an error naming it, so a list file never makes oskt read files elsewhere."""
 
     def __post_init__(self) -> None:
+        # names become folder names, output paths and ``${item}`` in dvc.yaml shell commands (issue #17)
+        name_chars = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+        for name, entry in self.datasets.items():
+            if not (name and set(name) <= name_chars and name[0] not in ".-" and ".." not in name):
+                raise ConfigError(
+                    f"data.datasets key {name!r} is not allowed: expected a name of letters, digits, '_', '.' and "
+                    "'-' that starts with a letter, digit or '_' and has no '..' (names become folder names)"
+                )
+            depth = 0  # a relative path must not climb out of data.root
+            for part in entry.path.replace("\\", "/").split("/"):
+                depth += -1 if part == ".." else (0 if part in ("", ".") else 1)
+                if depth < 0 and not (self.allow_outside_root or entry.path.startswith("/") or "://" in entry.path):
+                    raise ConfigError(
+                        f"data.datasets.{name}.path={entry.path!r} is not allowed: expected a path inside data.root "
+                        "(no '..' leading out of it), an absolute path or a URL; data.allow_outside_root: true "
+                        "allows it"
+                    )
         _check(len(self.sources) >= 1, "data.sources", self.sources, "at least one data set name")
         for s in self.sources:
             _check(s in self.datasets, "data.sources", s, f"a name from data.datasets {sorted(self.datasets)}")
@@ -179,6 +195,11 @@ class DataConfig:
         _check(self.bad_images in ("fail", "skip"), "data.bad_images", self.bad_images, "'fail' or 'skip'")
         _check(self.cache in ("auto", "memory", "none"), "data.cache", self.cache, "auto|memory|none")
         _check(self.val_ids >= 0, "data.val_ids", self.val_ids, "an integer >= 0 (0 = no validation split)")
+
+    @property
+    def input(self) -> InputConfig:
+        """The input settings of this section (what loaders and evaluation read)."""
+        return InputConfig.of(self)
 
 
 # --------------------------------------------------------------------------------------------------- models
@@ -278,6 +299,11 @@ class StudentsConfig:
     ``r16-2-3-4`` (ResNet in_planes 16, multipliers 2,3,4) or ``vit144`` (ViT dim 144)."""
     methods: tuple[str, ...] = METHODS
     """Student initialisation methods compared in the grid."""
+    arch: str | None = None
+    """The students' architecture (``resnet50``, ``vit_small``, ``vit_base``); null = the teacher's. Another family
+    than the teacher's (a ResNet student of a ViT teacher, or back) is distilled by the methods that allow it
+    (``scratch``, ``kdpp``, ``ofa``, ``rsd``); ``oskt`` / ``wtsel`` / ``depgraph`` cells need the teacher's own
+    architecture and are skipped, with the reason (``oskt plan``, the report)."""
     scenarios: tuple[str, ...] = ("market1501->market1501",)
     """``source->target`` pairs: the teacher / chain is trained on source, the student fine-tuned on target."""
     seeds: tuple[int, ...] = (0,)
@@ -293,6 +319,7 @@ class StudentsConfig:
         _check(len(self.names) >= 1, "students.names", self.names, "at least one student")
         for m in self.methods:
             _check(m in METHODS, "students.methods", m, f"one of {METHODS}")
+        _check(self.arch is None or self.arch in ARCHS, "students.arch", self.arch, f"null or one of {ARCHS}")
         for s in self.scenarios:
             _check(
                 isinstance(s, str) and s.count("->") == 1 and all(s.split("->")),
@@ -310,16 +337,107 @@ class StudentsConfig:
 
 @dataclass(frozen=True)
 class KDPPConfig:
-    """KD++ (feature norm & direction regularised KD); ../shared/BASELINES.md §1.3."""
+    """KD++ (feature norm & direction regularised KD); ../shared/BASELINES.md §1.3, docs/methods.md §1.
+
+    The ReID losses are the paper's ``cls`` part (weight 1); ``kd_weight`` / ``nd_weight`` / ``temperature`` are the
+    authors' argparse defaults (b = c = 1) with their CIFAR temperature (ReID has CIFAR-like few-hundred classes)."""
 
     temperature: float = 4.0
     kd_weight: float = 1.0
     nd_weight: float = 1.0
     warmup_epochs: int = 5
-    """Epochs over which the KD weight ramps linearly from 0 to ``kd_weight``."""
+    """Epochs over which the KD weight ramps linearly from 0 to ``kd_weight`` (the authors' ImageNet 5 of 100)."""
+    warmup_fraction: float = 0.1
+    """The ramp is clipped to this fraction of the run's epochs and to ``epochs − 1``, so the KD weight reaches
+    ``kd_weight`` inside every run (authors: 5/100 ImageNet, 20/240 CIFAR); 4 epochs ramp 0, 1, 1, 1."""
     epochs: int = 0
     """Cross-scenario: distillation epochs on the *source* set before fine-tuning on the target
     (0 = distil during the target fine-tune itself, on target images, with the source teacher)."""
+
+    def __post_init__(self) -> None:
+        _check(self.temperature > 0, "baselines.kdpp.temperature", self.temperature, "a number > 0")
+        _check(self.kd_weight >= 0, "baselines.kdpp.kd_weight", self.kd_weight, "a number >= 0")
+        _check(self.nd_weight >= 0, "baselines.kdpp.nd_weight", self.nd_weight, "a number >= 0")
+        _check(self.warmup_epochs >= 0, "baselines.kdpp.warmup_epochs", self.warmup_epochs, "an integer >= 0")
+        _check(
+            0.0 <= self.warmup_fraction <= 1.0,
+            "baselines.kdpp.warmup_fraction",
+            self.warmup_fraction,
+            "a fraction in [0, 1]",
+        )
+        _check(self.epochs >= 0, "baselines.kdpp.epochs", self.epochs, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class OFAConfig:
+    """OFA-KD (Hao et al., NeurIPS 2023; docs/methods.md §2): stage branches into the logit space and the
+    target-enhanced loss ``−Σ_c [(p_t + m)^ε − m]_c log p_s,c``. Defaults: the official ``train.py`` (weights 1,
+    T = 1, stages 1–4) and its README's ε for a ViT→CNN pair on ImageNet (1.5; ReID has ImageNet-like ~1000 ids)."""
+
+    eps: float = 1.5
+    """The modulating exponent ε ≥ 1 (1 = plain KD without target enhancement; the authors use 1.0–1.5)."""
+    temperature: float = 1.0
+    """Softmax temperature of teacher and student (official default 1)."""
+    ofa_weight: float = 1.0
+    """Weight of the sum of the stage-branch losses."""
+    kd_weight: float = 1.0
+    """Weight of the OFA loss on the student's own logits."""
+    stages: tuple[int, ...] = (1, 2, 3, 4)
+    """Student stages with a branch: ResNet ``layer1..4``; ViT blocks ``vit_blocks[stage - 1]``."""
+    vit_blocks: tuple[int, ...] = (1, 3, 9, 11)
+    """ViT student: the (0-based) blocks standing for stages 1–4, as the official ``stage_info`` of ViT-S / ViT-B /
+    DeiT-T (the ends of a Swin-like 2-2-6-2 split), not evenly spaced."""
+    epochs: int = 0
+    """Cross-scenario: distillation epochs on the *source* set (the teacher's identities) before the target
+    fine-tune. OFA distils logits, so a cross-scenario cell needs ``epochs > 0`` (0: single scenario only)."""
+
+    def __post_init__(self) -> None:
+        _check(self.eps >= 1.0, "baselines.ofa.eps", self.eps, "a number >= 1")
+        _check(self.temperature > 0, "baselines.ofa.temperature", self.temperature, "a number > 0")
+        _check(self.ofa_weight >= 0, "baselines.ofa.ofa_weight", self.ofa_weight, "a number >= 0")
+        _check(self.kd_weight >= 0, "baselines.ofa.kd_weight", self.kd_weight, "a number >= 0")
+        _check(
+            len(self.stages) >= 1
+            and len(set(self.stages)) == len(self.stages)
+            and all(1 <= s <= 4 for s in self.stages),
+            "baselines.ofa.stages",
+            list(self.stages),
+            "distinct stages in 1..4",
+        )
+        _check(
+            len(self.vit_blocks) == 4 and all(0 <= b < 12 for b in self.vit_blocks),
+            "baselines.ofa.vit_blocks",
+            list(self.vit_blocks),
+            "four 0-based block indices in 0..11 (one per stage)",
+        )
+        _check(self.epochs >= 0, "baselines.ofa.epochs", self.epochs, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class RSDConfig:
+    """RSD (Zhang et al., ICCV 2025; docs/methods.md §3): decoupling MLP on the student's pooled feature, loss
+    ``Σ (C − I)²`` of the batch cross-correlation with off-diagonal terms weighted by κ. Defaults: the official
+    ``train.py`` (weight 0.1, κ 0.01, γ 2, the final feature)."""
+
+    weight: float = 0.1
+    """Weight of the RSD loss."""
+    kappa: float = 0.01
+    """Weight κ of the off-diagonal (decorrelation) terms."""
+    kappa_rank_scaling: bool = True
+    """Scale κ by ``min(1, ρ_ref / ρ)``, ``ρ = (D − 1) / (B − 1)``: a P×K batch of 64 against a 2048-wide teacher
+    gives a rank-63 correlation whose off-diagonal noise floor would outweigh the authors' (ρ_ref ≈ 6); ``false`` =
+    the paper's κ as is."""
+    hidden_factor: int = 2
+    """γ: hidden width of the decoupling MLP in multiples of the student's feature width."""
+    epochs: int = 0
+    """Cross-scenario: distillation epochs on the *source* set before the target fine-tune (0 = distil during the
+    target fine-tune, on target images: RSD needs no shared identities)."""
+
+    def __post_init__(self) -> None:
+        _check(self.weight >= 0, "baselines.rsd.weight", self.weight, "a number >= 0")
+        _check(self.kappa >= 0, "baselines.rsd.kappa", self.kappa, "a number >= 0")
+        _check(self.hidden_factor >= 1, "baselines.rsd.hidden_factor", self.hidden_factor, "an integer >= 1")
+        _check(self.epochs >= 0, "baselines.rsd.epochs", self.epochs, "an integer >= 0")
 
 
 @dataclass(frozen=True)
@@ -339,6 +457,8 @@ class BaselinesConfig:
     kdpp: KDPPConfig = field(default_factory=KDPPConfig)
     wtsel: WTSelConfig = field(default_factory=WTSelConfig)
     depgraph: DepGraphConfig = field(default_factory=DepGraphConfig)
+    ofa: OFAConfig = field(default_factory=OFAConfig)
+    rsd: RSDConfig = field(default_factory=RSDConfig)
 
 
 # --------------------------------------------------------------------------------------------------- training
@@ -378,11 +498,11 @@ class TrainConfig:
     """Max gradient norm (0 = no clipping)."""
     eval_every: int = 0
     """Evaluate every N epochs (0 = only at the end)."""
-    log_every: int = 20
+    log_every: int = run_option(20)
     """Log step metrics every N iterations."""
     max_iters_per_epoch: int = 0
     """Cap on iterations per epoch (0 = one pass over the P×K sampler)."""
-    progress: bool = True
+    progress: bool = run_option(True)
     """Progress bars (set false for CI logs)."""
 
     def __post_init__(self) -> None:
@@ -409,19 +529,97 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """One training phase's recipe: the shared ``train`` settings that change what is learnt (not ``progress`` /
+    ``log_every``) with the phase's own epochs, milestones and base learning rate. Built by :meth:`of`; what a
+    teacher, chain or student job holds and what the optimiser, schedule, losses and loaders read."""
+
+    epochs: int
+    milestones: tuple[int, ...]
+    lr: float
+    optimizer: str = "adam"
+    weight_decay: float = 5e-4
+    bias_lr_factor: float = 1.0
+    momentum: float = 0.9
+    scheduler: str = "warmup_multistep"
+    warmup_epochs: int = 10
+    warmup_factor: float = 0.01
+    gamma: float = 0.1
+    min_lr_factor: float = 0.002
+    ids_per_batch: int = 16
+    images_per_id: int = 4
+    label_smoothing: float = 0.1
+    triplet: str = "hard"
+    triplet_margin: float = 0.3
+    hard_factor: float = 0.2
+    center_weight: float = 5e-4
+    center_lr: float = 0.5
+    amp: bool = True
+    grad_clip: float = 0.0
+    eval_every: int = 0
+    max_iters_per_epoch: int = 0
+
+    @classmethod
+    def of(cls, train: TrainConfig, *, epochs: int, milestones: tuple[int, ...], lr: float) -> Recipe:
+        """The recipe of a phase: every field of ``train`` this class has, with the phase's epochs / milestones /
+        base rate."""
+        shared = {f.name: getattr(train, f.name) for f in dataclasses.fields(cls) if hasattr(train, f.name)}
+        return cls(**{**shared, "epochs": int(epochs), "milestones": tuple(milestones), "lr": float(lr)})
+
+    @property
+    def batch_size(self) -> int:
+        return self.ids_per_batch * self.images_per_id
+
+
+@dataclass(frozen=True)
 class EvalConfig:
-    batch_size: int = 256
-    query_chunk: int = 1024
+    batch_size: int = run_option(256)
+    query_chunk: int = run_option(1024)
     """Queries ranked at a time (bounds memory for MSMT17-sized sets)."""
     max_rank: int = 50
+    """Length of the reported CMC curve. Rank-1/5/10 are computed from the per-query ranks whatever it is (a
+    ``max_rank`` below 10 no longer caps rank-10 at CMC@max_rank)."""
     neck_feat: str = "auto"
     """Retrieval feature: ``after`` BNNeck (CNN recipe), ``before`` (ViT recipe), ``auto`` = per family."""
+    metric: str = "cosine"
+    """``cosine`` on L2-normalised features (fast-reid, OSKT) or ``euclidean``: squared distance on the raw
+    features (torchreid's default ``dist_metric``)."""
+    flip: bool = False
+    """Flip test-time augmentation: the feature is the mean of the image's and its mirror image's (fast-reid
+    ``TEST.FLIP``)."""
+    aqe: bool = False
+    """alpha-weighted average query expansion of query and gallery features (fast-reid ``TEST.AQE``)."""
+    aqe_k: int = 5
+    """AQE: neighbours averaged, the image itself included."""
+    aqe_alpha: float = 3.0
+    """AQE: exponent of the cosine-similarity weights."""
+    rerank: bool = False
+    """k-reciprocal re-ranking (Zhong et al., CVPR 2017; torchreid ``rerank``, fast-reid ``TEST.RERANK``)."""
+    rerank_k1: int = 20
+    """Re-ranking: size of the k-reciprocal neighbourhood."""
+    rerank_k2: int = 6
+    """Re-ranking: neighbours of the local query expansion (1 = none)."""
+    rerank_lambda: float = 0.3
+    """Re-ranking: weight of the original distance in the final one (0..1)."""
+    cuhk03_metric: bool = False
+    """CUHK03 "classic" single-gallery-shot CMC (torchreid ``use_metric_cuhk03``): one gallery image per identity
+    drawn at random, ``cuhk03_repeats`` times; mAP / mINP stay the standard ones. Only for the old 20-split
+    protocol; CUHK03-NP uses the Market rule (BASELINES.md §3.1)."""
+    cuhk03_repeats: int = 10
+    """Random draws of the single-gallery-shot CMC (torchreid: 10; seeded, so results repeat)."""
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "eval.batch_size", self.batch_size, "an integer >= 1")
         _check(self.query_chunk >= 1, "eval.query_chunk", self.query_chunk, "an integer >= 1")
         _check(self.max_rank >= 1, "eval.max_rank", self.max_rank, "an integer >= 1")
         _check(self.neck_feat in ("auto", "after", "before"), "eval.neck_feat", self.neck_feat, "auto|after|before")
+        _check(self.metric in ("cosine", "euclidean"), "eval.metric", self.metric, "cosine|euclidean")
+        _check(self.aqe_k >= 1, "eval.aqe_k", self.aqe_k, "an integer >= 1")
+        _check(self.aqe_alpha >= 0, "eval.aqe_alpha", self.aqe_alpha, "a number >= 0")
+        _check(self.rerank_k1 >= 1, "eval.rerank_k1", self.rerank_k1, "an integer >= 1")
+        _check(self.rerank_k2 >= 1, "eval.rerank_k2", self.rerank_k2, "an integer >= 1")
+        _check(0.0 <= self.rerank_lambda <= 1.0, "eval.rerank_lambda", self.rerank_lambda, "a number in [0, 1]")
+        _check(self.cuhk03_repeats >= 1, "eval.cuhk03_repeats", self.cuhk03_repeats, "an integer >= 1")
 
 
 # --------------------------------------------------------------------------------------------------- infra
@@ -442,7 +640,8 @@ class TrackingConfig:
 @dataclass(frozen=True)
 class ComputeConfig:
     device: str = "auto"
-    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; anything else is a ConfigError
+    when the config loads (not after the data)."""
     out_dir: str = "outputs"
     """Root of all outputs (teachers, chains, students, report); local folder or ``s3://``."""
     ray_address: str | None = None
@@ -451,14 +650,43 @@ class ComputeConfig:
     cpus_per_task: float = 1.0
     gpus_per_task: float = 0.0
     num_threads: int = 0
-    """torch threads in the driver (0 = torch's default); Ray tasks use their CPU count."""
+    """torch intra-op threads of every command and stage process; 0 = the CPUs this process may use (affinity,
+    cgroup quota) minus those other processes keep busy when it starts, or all of them when ``OMP_WAIT_POLICY=PASSIVE``
+    was exported (``oskt.runtime.configure_process``: torch's default of one spinning OpenMP thread per core made the
+    quick teacher 5-20x slower on a busy host, BENCHMARKS.md ``contention``). Ray cells use their CPU count."""
+    deterministic: bool = False
+    """Reproducible mode (issue #19: one seed's figures move with the host's CPU kernels, AVX2 vs AVX-512).
+    ``oskt.runtime.configure_process`` then sets ``torch.use_deterministic_algorithms(True, warn_only=True)``, cuDNN
+    deterministic without benchmarking, and pins the math libraries' code paths to AVX2 through the environment
+    (``MKL_CBWR=AVX2,STRICT``, ``ONEDNN_MAX_CPU_ISA=AVX2``, ``ATEN_CPU_CAPABILITY=avx2``,
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8``; values already in the environment win). Those libraries read the variables
+    at their first kernel call, not when torch is imported, so the CLI / stage entry sets them right after loading
+    the config, before any tensor work, and no re-exec is needed; a process that already ran kernels gets a
+    ConfigError. The thread count is then never load- or host-dependent (the sum order changes with it): 1 unless
+    ``num_threads`` is set; set the same value on every host. Cost: 0.60 of the normal images/s on an AVX-512 host
+    (BENCHMARKS.md ``deterministic``)."""
     max_retries: int = 2
     """Retries of a grid cell whose worker died."""
+    engine: str = "prefect"
+    """How the student grid runs: ``prefect`` (a Prefect flow mapping the cells onto Ray), ``ray`` (plain Ray
+    tasks) or ``serial`` (one after another in the stage process)."""
+    ray_num_cpus: int = 0
+    """CPUs of a local Ray (0 = every CPU this process may use); ignored with a cluster address."""
 
     def __post_init__(self) -> None:
+        index = self.device[len("cuda:") :] if self.device.startswith("cuda:") else ""
+        _check(
+            self.device in ("auto", "cpu", "cuda", "mps") or (index.isascii() and index.isdigit()),
+            "compute.device",
+            self.device,
+            "'auto', 'cpu', 'cuda', 'cuda:N' (N = 0, 1, ...) or 'mps'",
+        )
+        _check(self.num_threads >= 0, "compute.num_threads", self.num_threads, "an integer >= 0 (0 = automatic)")
         _check(self.cpus_per_task > 0, "compute.cpus_per_task", self.cpus_per_task, "a number > 0")
         _check(self.gpus_per_task >= 0, "compute.gpus_per_task", self.gpus_per_task, "a number >= 0")
         _check(self.max_retries >= 0, "compute.max_retries", self.max_retries, "an integer >= 0")
+        _check(self.engine in ENGINES, "compute.engine", self.engine, f"one of {ENGINES}")
+        _check(self.ray_num_cpus >= 0, "compute.ray_num_cpus", self.ray_num_cpus, "an integer >= 0 (0 = all)")
 
 
 @dataclass(frozen=True)
@@ -491,19 +719,11 @@ class Config:
         """Every student must be expandable from some chain and no wider than the teacher (SPEC §3.3)."""
         from oskt.models.spec import check_students  # late import: spec parsing lives with the models
 
-        check_students(self.teacher, self.chain, self.students)
-
-    def phase_lr(self, phase: str) -> float:
-        """Base learning rate of a training phase (``teacher``, ``chain`` or ``students``): the phase's own ``lr``
-        when set; refinement falls back to the teacher's, everything to ``train.lr``."""
-        own = {"teacher": self.teacher.lr, "chain": self.chain.lr, "students": self.students.lr}
-        if phase not in own:
-            raise ValueError(f"unknown training phase {phase!r}: expected one of {sorted(own)}")
-        if own[phase] is not None:
-            return own[phase]
-        if phase == "chain" and self.teacher.lr is not None:
-            return self.teacher.lr
-        return self.train.lr
+        arch = self.students.arch or self.teacher.arch
+        if arch == self.teacher.arch:
+            check_students(self.teacher.name, self.teacher.arch, self.chain.widths, self.students.names)
+        else:  # distilled from a teacher of another family: each student within its own family's teacher
+            check_students("T", arch, (), self.students.names)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)

@@ -6,16 +6,23 @@ whole object in one put. Nothing here creates folders at import time.
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import json
+import logging
 import os
+import re
+import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 
 def is_url(path: str | os.PathLike[str]) -> bool:
@@ -92,8 +99,30 @@ def _new_file_mode(path: str) -> int:
         return 0o666 & ~_umask()
 
 
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """Flush ``folder``'s entries to disk: after a rename, the new name is durable only once its folder is fsynced
+    (POSIX; without it a power cut can bring back the old file or none). A no-op where folders cannot be opened
+    (Windows) or fsynced (some network file systems)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    finally:
+        os.close(fd)
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one, and the new one
+    survives a crash once this returns (file and folder fsynced).
+
+    The temporary is a hidden sibling ``.NAME.XXXXXXXX.tmp``, held open until it has been renamed into place, so
+    :func:`remove_stale_temps` can tell a live writer's temporary from one a killed process left behind.
+    """
     if is_url(path):
         fs, p = _fs(str(path))
         fs.pipe_file(p, data)  # one PUT: object stores never expose a half-written object
@@ -108,11 +137,111 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # still open: never a closed temporary that a cleaner could take for stale
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    fsync_dir(folder)
+
+
+_IMPORTED_AT = time.time()  # a fallback start time where /proc is missing (reading the clock changes nothing)
+
+# mkstemp's names: prefix + 8 characters of [a-z0-9_] + suffix
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def process_start_time() -> float:
+    """When this process started (seconds since the epoch): Linux ``/proc/self/stat``, elsewhere the time
+    ``oskt.io`` was first imported (later than the start: a safe bound for :func:`remove_stale_temps`)."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, after the command name
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")  # btime is whole seconds, rounded down: an earlier bound
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED_AT
+
+
+def _open_paths(candidates: set[str]) -> set[str] | None:
+    """Which of ``candidates`` (absolute paths) some process on this host holds open; None without ``/proc``.
+
+    Processes of other users whose ``fd`` folder cannot be read are not seen.
+    """
+    if not os.path.isdir("/proc/self/fd"):
+        return None
+    held: set[str] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:  # gone, or another user's
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            if target in candidates:
+                held.add(target)
+    return held
+
+
+def remove_stale_temps(folder: str | os.PathLike[str], *, before: float | None = None) -> list[str]:
+    """Delete the temporaries that killed atomic writes left in ``folder`` (not recursive); return their paths.
+
+    Call it when the phase that owns ``folder`` starts. A file goes only when all of these hold:
+
+    * its name is one of :func:`write_bytes_atomic`'s temporaries, ``.NAME.XXXXXXXX.tmp`` (nothing else in the
+      folder is ever touched: foreign files survive);
+    * it was last modified before ``before`` (default: when this process started), so a temporary that a
+      concurrent writer is filling right now is left alone, even one on another host sharing the folder;
+    * no process on this host holds it open (``/proc/*/fd``; a writer keeps its temporary open until the rename).
+      Without ``/proc`` (macOS) the age rule alone decides.
+
+    Object stores (``s3://``) have no temporaries: nothing to do. A missing folder is not an error.
+
+    Args:
+        folder: the folder to clean.
+        before: a time (seconds since the epoch); default :func:`process_start_time`.
+    """
+    if is_url(folder):
+        return []
+    folder = os.path.abspath(os.fspath(folder))
+    limit = process_start_time() if before is None else before
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    old: list[str] = []
+    for name in names:
+        if not _TEMP_NAME.fullmatch(name):
+            continue
+        p = os.path.join(folder, name)
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:  # renamed into place meanwhile
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_mtime < limit:
+            old.append(p)
+    if not old:
+        return []
+    held = _open_paths(set(old)) or set()
+    removed = []
+    for p in old:
+        if p in held:
+            continue
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            continue
+        removed.append(p)
+    if removed:
+        log.info("removed %d temporary file(s) left by interrupted writes in %s", len(removed), folder)
+    return removed
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:

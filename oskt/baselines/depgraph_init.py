@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import torch
 
-from oskt.baselines.registry import InitContext, InitResult, check_fits_teacher, load_teacher, register_init
+from oskt.baselines.registry import (
+    InitContext,
+    InitNeeds,
+    InitResult,
+    check_student_teacher,
+    load_teacher,
+    register_init,
+)
 from oskt.models.spec import ModelSpec
 
 
-@register_init("depgraph")
+@register_init("depgraph", InitNeeds(teacher=True))
 def init_depgraph(ctx: InitContext, spec: ModelSpec, num_classes: int) -> InitResult:
     """Prune the trained teacher to ``spec`` and give it a fresh head for ``num_classes``."""
     from oskt.baselines.depgraph import prune_to_spec
 
     teacher = load_teacher(ctx, "depgraph")
-    check_fits_teacher(spec, teacher.spec, "depgraph")
+    check_student_teacher(spec, teacher.spec, "depgraph")  # same architecture only: it prunes the teacher
     teacher.eval()
     t = teacher.spec
     size = t.img_size if t.family == "vit" else (ctx.example_input_size or t.img_size)

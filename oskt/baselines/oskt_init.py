@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from oskt.baselines.registry import InitContext, InitResult, register_init
+from oskt.baselines.registry import InitContext, InitNeeds, InitResult, check_student_teacher, register_init
 from oskt.errors import CheckpointError, ConfigError, SpecError
 from oskt.models.spec import ModelSpec, select_chain
 
 
-@register_init("oskt")
+@register_init("oskt", InitNeeds(chain=True))
 def init_oskt(ctx: InitContext, spec: ModelSpec, num_classes: int) -> InitResult:
     """Load ``ctx.chain_ckpts``, pick the widest chain whose S-Student fits ``spec`` in every layer
     (``select_chain``: SpecError when the student is wider than the teacher or narrower than every chain) and
@@ -36,6 +36,8 @@ def init_oskt(ctx: InitContext, spec: ModelSpec, num_classes: int) -> InitResult
                 f"chain {path!r} comes from teacher {t.arch} {t.name}, chain {first!r} from "
                 f"{teacher.arch} {teacher.name}"
             )
+    if spec.arch != teacher.arch:  # same architecture only: chains are the teacher's own layers (fit: select_chain)
+        check_student_teacher(spec, teacher, "oskt")
     width = select_chain(spec, list(widths.values()), teacher)
     path = next(p for p, w in widths.items() if w == width)
     student = expand(load_chain(path).to(ctx.device), spec, num_classes)

@@ -1,7 +1,8 @@
 """The one interface every student-initialisation method implements (docs/contracts.md, Baselines).
 
-``INIT_METHODS.get(name)(ctx, spec, num_classes) -> InitResult``. The methods (OSKT and the four baselines of
-../shared/BASELINES.md §1) differ only in where the student's weights come from; the architecture, parameter count
+``INIT_METHODS.get(name)(ctx, spec, num_classes) -> InitResult``. The methods (OSKT, the four baselines of
+../shared/BASELINES.md §1 and the cross-architecture distillation methods OFA-KD and RSD, docs/methods.md) differ
+only in where the student's weights come from and which auxiliary loss trains it; the architecture, parameter count
 and state-dict layout are always those of ``build_model(spec, num_classes)`` (checked for every method by
 :func:`register_init`), so "OSKT vs baselines" is a loop over this registry followed by the same fine-tune recipe
 (SPEC.md §5).
@@ -21,7 +22,7 @@ from torch import nn
 from oskt.config import BaselinesConfig
 from oskt.errors import CheckpointError, ConfigError, SpecError
 from oskt.models.factory import ReIDModel, build_model
-from oskt.models.spec import ModelSpec, check_fits_teacher  # noqa: F401  (re-exported for the init methods)
+from oskt.models.spec import ModelSpec, check_fits_teacher
 from oskt.registry import Registry
 
 if TYPE_CHECKING:
@@ -49,6 +50,9 @@ class InitContext:
             = the teacher spec's ``img_size`` (ViT always traces at the teacher's size: position embeddings).
         seed: when set, the method's random parts (Scratch weights, fresh heads, projector, traced input) draw from
             a private RNG stream seeded with it (``torch.random.fork_rng``); ``None`` uses the global RNG.
+        finetune_epochs: epochs of the training run the returned ``aux`` is used in: ``students.epochs`` for a
+            target fine-tune, the method's ``baselines.<method>.epochs`` for a source distillation phase. KD++
+            clips its warm-up to it (``oskt.train.kd.kd_warmup``); ``None`` leaves ``warmup_epochs`` unclipped.
     """
 
     teacher_ckpt: str | None = None
@@ -58,11 +62,16 @@ class InitContext:
     source_loader_factory: Callable[[], Iterable] | None = None
     example_input_size: tuple[int, int] | None = None
     seed: int | None = None
+    finetune_epochs: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "chain_ckpts", tuple(str(c) for c in self.chain_ckpts))
         if self.example_input_size is not None:
             object.__setattr__(self, "example_input_size", tuple(int(s) for s in self.example_input_size))
+        if self.finetune_epochs is not None and self.finetune_epochs < 1:
+            raise ConfigError(
+                f"InitContext.finetune_epochs={self.finetune_epochs!r} is not allowed: expected null or an integer >= 1"
+            )
 
     @classmethod
     def from_config(
@@ -74,8 +83,11 @@ class InitContext:
         device: str = "cpu",
         source_loader_factory: Callable[[], Iterable] | None = None,
         seed: int | None = None,
+        finetune_epochs: int | None = None,
     ) -> InitContext:
-        """Build a context from the resolved config (``baselines`` section, input size ``data.height × width``)."""
+        """Build a context from the resolved config (``baselines`` section, input size ``data.height × width``);
+        ``finetune_epochs`` defaults to ``students.epochs`` (pass the distillation phase's epochs when the aux is
+        trained on the source set first)."""
         return cls(
             teacher_ckpt=teacher_ckpt,
             chain_ckpts=tuple(chain_ckpts),
@@ -84,6 +96,7 @@ class InitContext:
             source_loader_factory=source_loader_factory,
             example_input_size=(cfg.data.height, cfg.data.width),
             seed=seed,
+            finetune_epochs=cfg.students.epochs if finetune_epochs is None else finetune_epochs,
         )
 
 
@@ -94,7 +107,9 @@ class InitResult:
     Attributes:
         model: the student, architecture exactly ``build_model(spec, num_classes)``, in training mode on
             ``ctx.device``; its classifier is fresh (BoT init) for ``num_classes``.
-        aux: an ``AuxLoss`` to add to the fine-tune loss (``KDPPLoss`` for ``kdpp``), else ``None``.
+        aux: an ``AuxLoss`` to add to the fine-tune loss (``KDPPLoss`` for ``kdpp``, ``OFALoss`` for ``ofa``,
+            ``RSDLoss`` for ``rsd``), else ``None``. An aux with ``attach(model)`` (OFA) must be attached to the model
+            that is trained before its first step.
         info: JSON-serialisable notes: ``method``, ``seconds``, and per method e.g. ``chain_width``,
             ``chain_ckpt``, ``teacher``, ``qkv_aware``, ``centres``.
     """
@@ -108,9 +123,33 @@ InitFn = Callable[[InitContext, ModelSpec, int], InitResult]
 INIT_METHODS: Registry[InitFn] = Registry("init method")
 
 
-def register_init(name: str) -> Callable[[InitFn], InitFn]:
-    """Register an init method under ``name``; the registered callable also checks the layout, moves the student
-    to ``ctx.device`` in training mode and records ``method`` and ``seconds`` in ``info``."""
+@dataclass(frozen=True)
+class InitNeeds:
+    """What a method reads besides the student's spec and the target set; the pipeline's job graph
+    (``oskt.pipeline.graph``) gives a grid cell exactly these upstream jobs, so a cell's key changes only with them.
+
+    Attributes:
+        chain: the widest weight chain that fits the student (``ctx.chain_ckpts``).
+        teacher: the trained (original) teacher (``ctx.teacher_ckpt``).
+        source_phase: may distil on the teacher's training set first, for ``baselines.<method>.epochs`` epochs, when
+            the scenario crosses data sets.
+        logits: distils logits, so across data sets it needs that source phase (the target's identities are not the
+            teacher's); without one such a cell is skipped, with this reason.
+    """
+
+    chain: bool = False
+    teacher: bool = False
+    source_phase: bool = False
+    logits: bool = False
+
+
+INIT_NEEDS: dict[str, InitNeeds] = {}
+
+
+def register_init(name: str, needs: InitNeeds = InitNeeds()) -> Callable[[InitFn], InitFn]:
+    """Register an init method under ``name`` with what it reads (``needs``); the registered callable also checks
+    the layout, moves the student to ``ctx.device`` in training mode and records ``method`` and ``seconds`` in
+    ``info``."""
 
     def deco(fn: InitFn) -> InitFn:
         @functools.wraps(fn)
@@ -129,6 +168,7 @@ def register_init(name: str) -> Callable[[InitFn], InitFn]:
             result.info = {"method": name, **result.info, "seconds": round(time.perf_counter() - t0, 3)}
             return result
 
+        INIT_NEEDS[name] = needs
         return INIT_METHODS.register(name)(init)
 
     return deco
@@ -167,6 +207,40 @@ def check_layout(model: ReIDModel, spec: ModelSpec, num_classes: int, method: st
         raise SpecError(
             f"init method {method!r} produced a state dict that differs from {spec.name}'s in "
             f"{len(bad)} entries, e.g. {bad[:5]}"
+        )
+
+
+SAME_ARCH_REASONS: dict[str, str] = {
+    "oskt": "the student is expanded from weight chains clustered from the teacher's own layers (SPEC.md §3)",
+    "wtsel": "the student's tensors are selected from the teacher's tensors of the same name (BASELINES.md §1.2)",
+    "depgraph": "the student is the teacher structurally pruned (BASELINES.md §1.4)",
+}
+"""Methods that build the student from the teacher's weights, so the teacher must be of the student's architecture;
+the reason is the one a grid gives for skipping a cross-architecture cell. Every other method (``scratch`` and the
+distillation methods ``kdpp``, ``ofa``, ``rsd``) accepts a teacher of any architecture."""
+
+
+def same_arch_reason(method: str) -> str | None:
+    """Why ``method`` needs a teacher of the student's architecture, or ``None`` when any teacher will do."""
+    return SAME_ARCH_REASONS.get(method)
+
+
+def check_student_teacher(spec: ModelSpec, teacher: ModelSpec, method: str) -> None:
+    """SpecError unless ``method`` can build ``spec`` with ``teacher``.
+
+    Same architecture: the student must fit within the teacher (``check_fits_teacher``: no layer wider, a ViT at
+    the teacher's input size), for every method, so all methods accept the same students. Another architecture
+    (e.g. a ViT teacher for a ResNet student): allowed for the methods that only distil (``scratch`` reads the
+    teacher only for this check), an error naming the reason for ``oskt``, ``wtsel`` and ``depgraph``.
+    """
+    if spec.arch == teacher.arch:
+        check_fits_teacher(spec, teacher, method)
+        return
+    reason = same_arch_reason(method)
+    if reason is not None:
+        raise SpecError(
+            f"{method}: student {spec.arch} {spec.name} and teacher {teacher.arch} {teacher.name} are of different "
+            f"architectures, but {method} needs a teacher of the student's own architecture: {reason}"
         )
 
 

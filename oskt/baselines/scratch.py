@@ -7,7 +7,7 @@ N(0, 0.001). All of this is ``build_model``'s own init, so Scratch is exactly ``
 
 from __future__ import annotations
 
-from oskt.baselines.registry import InitContext, InitResult, check_fits_teacher, register_init
+from oskt.baselines.registry import InitContext, InitResult, check_student_teacher, register_init
 from oskt.models.factory import build_model
 from oskt.models.spec import ModelSpec
 
@@ -16,8 +16,10 @@ from oskt.models.spec import ModelSpec
 def init_scratch(ctx: InitContext, spec: ModelSpec, num_classes: int) -> InitResult:
     """Randomly initialised student (seed with ``oskt.runtime.seed_everything`` beforehand for reproducibility).
 
-    When ``ctx.teacher_ckpt`` is set its spec is read only to reject a student wider than the teacher (SpecError),
-    so every method accepts the same students; else the student is checked against its family's full teacher.
+    When ``ctx.teacher_ckpt`` is set its spec is read only to reject a student wider than a teacher of the same
+    architecture (SpecError), so every method accepts the same students; a teacher of another architecture (a
+    cross-architecture grid) constrains nothing. Without a teacher the student is checked against its family's full
+    teacher.
     """
     if ctx.teacher_ckpt:
         from oskt.checkpoint import load_checkpoint
@@ -25,5 +27,5 @@ def init_scratch(ctx: InitContext, spec: ModelSpec, num_classes: int) -> InitRes
         teacher = ModelSpec.from_dict(dict(load_checkpoint(ctx.teacher_ckpt)["spec"]))
     else:
         teacher = spec.teacher()
-    check_fits_teacher(spec, teacher, "scratch")
-    return InitResult(build_model(spec, num_classes), None, {"teacher": teacher.name})
+    check_student_teacher(spec, teacher, "scratch")
+    return InitResult(build_model(spec, num_classes), None, {"teacher": teacher.name, "teacher_arch": teacher.arch})

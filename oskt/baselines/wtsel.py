@@ -32,7 +32,14 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from oskt.baselines.registry import InitContext, InitResult, check_fits_teacher, load_teacher, register_init
+from oskt.baselines.registry import (
+    InitContext,
+    InitNeeds,
+    InitResult,
+    check_student_teacher,
+    load_teacher,
+    register_init,
+)
 from oskt.errors import SpecError
 from oskt.models.factory import build_model
 from oskt.models.spec import ModelSpec
@@ -113,12 +120,12 @@ def select_state(
     return out
 
 
-@register_init("wtsel")
+@register_init("wtsel", InitNeeds(teacher=True))
 def init_wtsel(ctx: InitContext, spec: ModelSpec, num_classes: int) -> InitResult:
     """Student = uniformly selected teacher weights (``ctx.baselines.wtsel.qkv_aware`` picks the qkv rule), with a
     fresh classifier for ``num_classes`` and the BNNeck selected from the teacher's."""
     teacher = load_teacher(ctx, "wtsel")
-    check_fits_teacher(spec, teacher.spec, "wtsel")
+    check_student_teacher(spec, teacher.spec, "wtsel")  # same architecture only: it selects teacher tensors
     state = {k: v.detach() for k, v in teacher.state_dict().items()}
     folded = spec.family == "vit" and not has_dw(spec) and "backbone.dw.weight" in state
     if folded:

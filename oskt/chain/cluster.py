@@ -2,8 +2,9 @@
 
 scikit-learn ``AgglomerativeClustering`` with its defaults (Ward linkage, Euclidean). ``metric="euclidean"`` uses the
 raw rows (the CNN choice), ``"cosine"`` L2-normalises every row of every coupled weight first (the ViT choice:
-Ward on unit rows ≈ cosine distance), ``"auto"`` picks per family. The ``init="random"`` ablation replaces the
-labels by a seeded random assignment with every cluster non-empty ("wo_GInit" in the authors' code).
+Ward on unit rows ≈ cosine distance), ``"auto"`` picks per family. Cluster labels keep scikit-learn's numbering
+(expansion's tie order depends on it, SPEC.md §3.1). The ``init="random"`` ablation replaces the labels by a seeded
+random assignment with every cluster non-empty ("wo_GInit" in the authors' code).
 """
 
 from __future__ import annotations
@@ -50,16 +51,19 @@ def row_features(weights: list[tuple[Tensor, int]], metric: str) -> np.ndarray:
 
 
 def ward_labels(features: np.ndarray, n_clusters: int) -> np.ndarray:
-    """Ward agglomerative clustering into exactly ``n_clusters`` non-empty clusters."""
+    """Ward agglomerative clustering into exactly ``n_clusters`` non-empty clusters, numbered as scikit-learn
+    returns them (as the authors' code keeps them, SPEC.md §2.1).
+
+    The numbering is data, not cosmetics: expansion gives extra copies to the smallest cluster index on a tie of
+    ``copies / size`` (SPEC.md §3.1), so renumbering the clusters would give tied clusters their copies in another
+    order than the authors' implementation, and the same teacher another student.
+    """
     n = features.shape[0]
     if not 1 <= n_clusters <= n:
         raise SpecError(f"cannot cluster {n} rows into {n_clusters} clusters")
-    if n_clusters == n:
-        return np.arange(n)
-    if n_clusters == 1:
-        return np.zeros(n, dtype=np.int64)
-    labels = AgglomerativeClustering(n_clusters=n_clusters).fit_predict(features)
-    return _relabel(labels)
+    if n_clusters == 1 or n == 1:
+        return np.zeros(n, dtype=np.int64)  # what scikit-learn returns, without building the tree
+    return AgglomerativeClustering(n_clusters=n_clusters).fit_predict(features).astype(np.int64)
 
 
 def random_labels(n: int, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
@@ -69,7 +73,8 @@ def random_labels(n: int, n_clusters: int, rng: np.random.Generator) -> np.ndarr
 
 
 def _relabel(labels: np.ndarray) -> np.ndarray:
-    """Renumber clusters by their first member (deterministic order, independent of sklearn's numbering)."""
+    """Renumber clusters by their first member (the random-assignment ablation only: its numbering is arbitrary
+    anyway, the authors' random assignment being unseeded)."""
     _, first = np.unique(labels, return_index=True)
     order = np.argsort(first)
     remap = np.empty(len(order), dtype=np.int64)

@@ -1,8 +1,9 @@
 """Joint refinement of teacher and weight chain (SPEC.md §4.1).
 
 ``RefineModel`` runs the teacher and the S-Student (the network of chain width) on the same batch. The S-Student's
-backbone parameters are materialised from the chain every step with differentiable gather / sum ops (the same
-``materialise`` as expansion, at chain width) and applied with ``torch.func.functional_call`` to a module of spec
+backbone parameters are materialised from the chain every step with differentiable gather / sum ops
+(``materialise``: the allocation at chain width; expansion's whole-cluster column sums use its ``column_sums``, so
+expansion at chain width reproduces this network bitwise) and applied with ``torch.func.functional_call`` to a module of spec
 ``chain_spec``; its BNNeck / classifier are its own, its BN running statistics are its own buffers. CNN BN affine
 parameters are tied to the teacher's (cluster means of the live teacher γ/β, SPEC.md §2.4); ViT patch embedding /
 tokens / positions are the teacher's own tensors (shared).
@@ -14,8 +15,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from oskt.chain.allocation import Alloc, allocations
 from oskt.chain.chain import WeightChain
-from oskt.chain.expand import Alloc, allocations, materialise
+from oskt.chain.materialise import materialise
 from oskt.models.factory import ReIDModel, ReIDOutput, build_model
 
 
@@ -68,7 +70,7 @@ class RefineModel(nn.Module):
     def student_params(self) -> dict[str, Tensor]:
         """The S-Student's backbone parameters, differentiable w.r.t. the chain and the teacher's tied tensors."""
         live = dict(self.teacher.backbone.named_parameters())
-        params = materialise(self.chain, self.chain.chain_spec, self._allocs(), live, "refine")
+        params = materialise(self.chain, self.chain.chain_spec, self._allocs(), live)
         return {f"backbone.{k}": v for k, v in params.items()}
 
     def forward(self, x: Tensor) -> tuple[ReIDOutput, ReIDOutput] | tuple[Tensor, Tensor]:

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
+from importlib.metadata import entry_points
 
 from oskt import __version__
-from oskt.cli.common import run_guarded
+from oskt.cli.common import run_guarded, setup_logging
 
-# verb modules, in the order they appear in --help; each defines register(subparsers)
+# verb modules, in the order they appear in --help; each defines register(subparsers). Packages that build on the
+# library add verbs through the ``oskt.cli`` entry point group (``flows`` adds run / stage / grid): the library
+# never imports them.
+PLUGIN_GROUP = "oskt.cli"
 VERB_MODULES = [
     "oskt.cli.config_cmd",
     "oskt.cli.data_cmd",
-    "oskt.cli.pipeline_cmd",
+    "oskt.cli.plan_cmd",
     "oskt.cli.report_cmd",
     "oskt.cli.train_cmd",
+    "oskt.cli.eval_cmd",
     "oskt.cli.init_cmd",
     "oskt.cli.pick_cmd",
     "oskt.cli.export_cmd",
@@ -34,15 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for name in VERB_MODULES:
         importlib.import_module(name).register(sub)
+    for ep in entry_points(group=PLUGIN_GROUP):
+        ep.load()(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(args.verbose)
     return run_guarded(args.func, args)
 
 

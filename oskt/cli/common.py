@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
+from typing import TextIO
 
 from oskt.config import PROFILES, Config, load_config
 from oskt.errors import OsktError
@@ -34,14 +36,16 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    """The resolved config of a command, with this process set up for it: torch's thread count from the CPUs it may
+    really use (``compute.num_threads``), and ``compute.deterministic``'s pinned kernels, both before any tensor
+    work (``oskt.runtime.configure_process``)."""
     params = args.params
     if params is None and args.profile is None and os.path.exists("params.yaml"):
         params = "params.yaml"
     cfg = load_config(params=params, profile=args.profile, overrides=args.overrides)
-    if cfg.compute.num_threads > 0:  # torch's intra-op threads for this command (0 = torch's default)
-        from oskt.runtime import set_threads
+    from oskt.runtime import configure_process  # late: torch loads only for commands that read a config
 
-        set_threads(cfg.compute.num_threads)
+    configure_process(cfg.compute)
     return cfg
 
 
@@ -63,3 +67,37 @@ def run_guarded(fn: Callable[[argparse.Namespace], int | None], args: argparse.N
     except KeyboardInterrupt:
         print("oskt: interrupted", file=sys.stderr)
         return 130
+
+
+QUIET_LOGGERS = ("httpx", "httpcore", "urllib3", "botocore", "boto3", "s3transfer", "aiobotocore", "s3fs", "filelock")
+"""Libraries whose request logs are noise at INFO; shown again with ``-v`` / ``--verbose``."""
+
+
+def console_defaults(verbose: bool = False, stream: TextIO | None = None) -> None:
+    """Quiet library request logs (unless ``verbose``), keep Prefect's per-task state lines off the console (they
+    still reach the Prefect server), and drop colour codes when the output is not a terminal. Sets environment
+    defaults, so the processes this one starts (DVC stages, Ray workers) get the same; a value the user set wins."""
+    stream = stream or sys.stdout
+    if not verbose:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    if not _is_terminal(stream):
+        os.environ.setdefault("NO_COLOR", "1")  # rich (Prefect's console), tqdm and others honour it
+        os.environ.setdefault("PREFECT_LOGGING_COLORS", "false")
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+
+
+def _is_terminal(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):
+        return False
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """The commands' logging: INFO lines with a time stamp (DEBUG with ``verbose``), after ``console_defaults``."""
+    console_defaults(verbose)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )

@@ -12,15 +12,14 @@ def _base_spec(args: argparse.Namespace, cfg):  # noqa: ANN001, ANN202 - a Confi
     """The spec whose structural options (arch, input size, strides, ViT stem) the student inherits: the teacher
     checkpoint's, else the first chain's teacher, else the config's teacher."""
     from oskt.checkpoint import load_checkpoint
-    from oskt.models.spec import ModelSpec, parse_spec, spec_options
+    from oskt.jobs import spec_of
+    from oskt.models.spec import ModelSpec
 
     if args.teacher:
         return ModelSpec.from_dict(dict(load_checkpoint(args.teacher)["spec"]))
     if args.chain:
         return ModelSpec.from_dict(dict(load_checkpoint(args.chain[0], kind="chain")["spec"]))
-    return parse_spec(
-        cfg.teacher.name, cfg.teacher.arch, **spec_options(cfg.teacher, (cfg.data.height, cfg.data.width))
-    )
+    return spec_of(cfg.teacher, cfg.teacher.name, (cfg.data.height, cfg.data.width))
 
 
 def _init_student(args: argparse.Namespace) -> int:
@@ -68,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "init-student",
-        help="initialise a student (oskt, scratch, wtsel, kdpp, depgraph) and save it",
+        help=f"initialise a student ({', '.join(METHODS)}) and save it",
         description="Initialise one student with a registered method (SPEC.md §5.1) and write a student checkpoint "
         "whose extra records the method and its info. The student inherits arch, input size and strides from "
         "the teacher checkpoint (else the first chain, else the config).",

@@ -8,10 +8,18 @@ from oskt.errors import ConfigError
 
 
 def _pick(args: argparse.Namespace) -> int:
-    from oskt.deploy.pick import Budget, format_count, parse_count, pick_to_file
+    from oskt.pipeline.preflight import check_locations, check_tracking, mlflow_uri
 
     if args.max_latency_ms is not None and not args.max_latency_ms > 0:
         raise ConfigError(f"--max-latency-ms {args.max_latency_ms}: a budget must be positive")
+    if args.input_size is not None and min(args.input_size) < 1:
+        raise ConfigError(f"--input-size {args.input_size[0]} {args.input_size[1]}: expected two positive integers H W")
+    # before the heavy imports: one line within seconds when the server is down (MLflow's client retries for minutes)
+    if args.from_mlflow:
+        check_tracking(mlflow_uri(args.mlflow_uri))
+    check_locations([*args.chain, args.output])
+    from oskt.deploy.pick import Budget, format_count, parse_count, pick_to_file
+
     budget = Budget(
         max_params=parse_count(args.max_params) if args.max_params is not None else None,
         max_macs=parse_count(args.max_macs) if args.max_macs is not None else None,

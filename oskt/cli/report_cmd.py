@@ -8,12 +8,15 @@ from oskt.cli.common import add_config_args, config_from_args
 
 
 def _report(args: argparse.Namespace) -> int:
+    from oskt.pipeline.preflight import preflight
+
+    cfg = config_from_args(args)
+    preflight(cfg, [args.out_dir])  # MLflow and S3 answer, or one line within seconds (not a 261 s retry loop)
     from oskt.pipeline.records import Paths
     from oskt.pipeline.reporting import report as build_report
     from oskt.pipeline.run import common_tags
     from oskt.pipeline.tracking import target_from_config
 
-    cfg = config_from_args(args)
     paths = Paths(args.out_dir or cfg.compute.out_dir)
     rec = build_report(cfg, paths, target_from_config(cfg, common_tags(cfg)))
     print(f"report: {rec.markdown}\ncsv: {rec.csv}\nplots: {', '.join(rec.plots)}\ncells: {rec.num_runs}")

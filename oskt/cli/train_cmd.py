@@ -6,6 +6,15 @@ import argparse
 import json
 
 from oskt.cli.common import add_config_args, config_from_args
+from oskt.config import Config
+
+
+def _preflight(cfg: Config, args: argparse.Namespace) -> None:
+    """Before any work: every ``s3://`` location the phase reads or writes answers, with credentials (one line,
+    exit 2, within seconds, instead of a botocore traceback from the first write)."""
+    from oskt.pipeline.preflight import check_locations, data_locations
+
+    check_locations([*data_locations(cfg), *(getattr(args, k, None) for k in ("output", "teacher", "init"))])
 
 
 def _report(result) -> int:  # noqa: ANN001 - a TrainResult
@@ -14,32 +23,43 @@ def _report(result) -> int:  # noqa: ANN001 - a TrainResult
 
 
 def _teacher(args: argparse.Namespace) -> int:
+    from oskt.pipeline.graph import run_options, teacher_job
     from oskt.train import train_teacher
 
     if args.val_ids:  # a shortcut for --set data.val_ids=N
         args.overrides = [*(args.overrides or []), f"data.val_ids={args.val_ids}"]
     cfg = config_from_args(args)
-    return _report(train_teacher(cfg, args.dataset or cfg.data.sources[0], args.output, resume=not args.restart))
+    _preflight(cfg, args)
+    job = teacher_job(cfg, args.dataset or cfg.data.sources[0])
+    return _report(train_teacher(job, args.output, run=run_options(cfg), resume=not args.restart))
 
 
 def _chain(args: argparse.Namespace) -> int:
+    from oskt.checkpoint import load_checkpoint
+    from oskt.data.refs import dataset_ref
+    from oskt.jobs import checkpoint_identity
+    from oskt.pipeline.graph import chain_job, run_options
     from oskt.train import refine_chain
 
     cfg = config_from_args(args)
-    return _report(
-        refine_chain(cfg, args.teacher, args.width, args.output, resume=not args.restart, dataset=args.dataset)
-    )
+    _preflight(cfg, args)
+    recorded = (load_checkpoint(args.teacher, kind="teacher").get("extra") or {}).get("dataset")
+    data = dataset_ref(args.dataset or recorded or cfg.data.sources[0], cfg.data)
+    job = chain_job(cfg, checkpoint_identity(args.teacher), args.width, data)
+    return _report(refine_chain(job, args.teacher, args.output, run=run_options(cfg), resume=not args.restart))
 
 
 def _student(args: argparse.Namespace) -> int:
+    from oskt.jobs import checkpoint_identity
+    from oskt.pipeline.graph import finetune_job, run_options
     from oskt.train import finetune_student
 
     cfg = config_from_args(args)
-    return _report(
-        finetune_student(
-            cfg, args.init, args.dataset, args.output, seed=args.seed, few_shot=args.few_shot, resume=not args.restart
-        )
+    _preflight(cfg, args)
+    job = finetune_job(
+        cfg, args.dataset, upstream=checkpoint_identity(args.init), seed=args.seed, few_shot=args.few_shot
     )
+    return _report(finetune_student(job, args.init, args.output, run=run_options(cfg), resume=not args.restart))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -11,6 +11,7 @@ import csv
 import io as _io
 import logging
 import os
+import posixpath
 import re
 from collections.abc import Iterable
 
@@ -18,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from oskt import io
 from oskt.config import DataConfig
+from oskt.data.ownership import complete_manifest
 from oskt.data.records import ImageRecord, ReIDDataset, holdout_split, relabel
 from oskt.errors import DataError
 
@@ -53,6 +55,28 @@ def read_image(path: str) -> Image.Image:
         return img.convert("RGB")  # forces the full decode, so truncated files fail here
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
+
+
+def _inside(base: str, target: str) -> bool:
+    """True when ``target`` (a path or URL, after resolving ``.`` / ``..`` lexically) lies inside folder ``base``.
+
+    Lexical on purpose: a symbolic link the user put inside the data folder is their choice, a ``../`` in a list
+    file is not."""
+    if io.is_url(base) or io.is_url(target):
+        if not (io.is_url(base) and io.is_url(target)):
+            return False
+        (bs, brest), (ts, trest) = base.split("://", 1), target.split("://", 1)
+        b, t = posixpath.normpath("/" + brest), posixpath.normpath("/" + trest)
+        return bs == ts and (t == b or t.startswith(b.rstrip("/") + "/"))
+    b, t = os.path.abspath(base), os.path.abspath(target)
+    return os.path.commonpath([b, t]) == b
+
+
+def _outside_error(where: str, value: str, base: str) -> DataError:
+    return DataError(
+        f"{where}: path {value!r} resolves outside the data set's folder {base}; rows must name files inside it "
+        "(set data.allow_outside_root: true to allow files elsewhere)"
+    )
 
 
 def _is_image(name: str) -> bool:
@@ -123,8 +147,10 @@ def _market_like(name: str, root: str, what: str) -> ReIDDataset:
     return ReIDDataset(name, relabel(train), query, gallery)
 
 
-def _read_list(path: str, image_root: str) -> list[ImageRecord]:
-    """MSMT17 list file: ``<relative/path.jpg> <pid>`` per line; camera = 3rd ``_`` field of the file name."""
+def _read_list(path: str, image_root: str, allow_outside: bool = False) -> list[ImageRecord]:
+    """MSMT17 list file: ``<relative/path.jpg> <pid>`` per line; camera = 3rd ``_`` field of the file name.
+
+    A line whose path leads out of ``image_root`` (``../``, absolute) is an error unless ``allow_outside``."""
     try:
         text = io.read_bytes(path).decode("utf-8")
     except FileNotFoundError:
@@ -140,11 +166,14 @@ def _read_list(path: str, image_root: str) -> list[ImageRecord]:
                 f"{path} line {lineno}: {line.strip()!r} does not match the MSMT17 format "
                 "'<pid>/<pid>_<idx>_<camera>_<...>.jpg <pid>'"
             )
-        out.append(ImageRecord(io.join(image_root, parts[0]), int(parts[1]), int(fields[2]) - 1))
+        full = io.join(image_root, parts[0])
+        if not allow_outside and (os.path.isabs(parts[0]) or io.is_url(parts[0]) or not _inside(image_root, full)):
+            raise _outside_error(f"{path} line {lineno}", parts[0], image_root)
+        out.append(ImageRecord(full, int(parts[1]), int(fields[2]) - 1))
     return out
 
 
-def _msmt17(name: str, root: str, merge_val: bool) -> ReIDDataset:
+def _msmt17(name: str, root: str, merge_val: bool, allow_outside: bool = False) -> ReIDDataset:
     names = set(_listdir(root))
     needed = [*MSMT_LISTS, "list_val.txt"] if merge_val else list(MSMT_LISTS)
     missing = [f for f in [*needed, "train", "test"] if f not in names]
@@ -154,12 +183,12 @@ def _msmt17(name: str, root: str, merge_val: bool) -> ReIDDataset:
         f"(expected train/, test/, {', '.join(needed)})",
     )
     train_dir, test_dir = io.join(root, "train"), io.join(root, "test")
-    train = _read_list(io.join(root, "list_train.txt"), train_dir)
+    train = _read_list(io.join(root, "list_train.txt"), train_dir, allow_outside)
     if merge_val:
         # list_val holds more images of the training identities (same pid numbering)
-        train += _read_list(io.join(root, "list_val.txt"), train_dir)
-    query = _read_list(io.join(root, "list_query.txt"), test_dir)
-    gallery = _read_list(io.join(root, "list_gallery.txt"), test_dir)
+        train += _read_list(io.join(root, "list_val.txt"), train_dir, allow_outside)
+    query = _read_list(io.join(root, "list_query.txt"), test_dir, allow_outside)
+    gallery = _read_list(io.join(root, "list_gallery.txt"), test_dir, allow_outside)
     # MSMT17 numbers test ids from 0 again, so train/query ids legitimately coincide: no disjointness check
     _check_splits(name, root, train, query, gallery, disjoint=False)
     return ReIDDataset(name, relabel(train), query, gallery)
@@ -206,8 +235,11 @@ def _folder(name: str, root: str) -> ReIDDataset:
     return ReIDDataset(name, relabel(splits["train"]), splits["query"], splits["gallery"])
 
 
-def _csv(name: str, path: str) -> ReIDDataset:
-    """CSV with header ``path,pid,camid,split[,seq]``; relative paths are relative to the CSV's folder."""
+def _csv(name: str, path: str, allow_outside: bool = False) -> ReIDDataset:
+    """CSV with header ``path,pid,camid,split[,seq]``; relative paths are relative to the CSV's folder.
+
+    Every row must name a file inside the CSV's folder (the data set's root): an absolute path, a URL or a ``../``
+    leading out of it is a DataError naming the line, unless ``allow_outside`` (``data.allow_outside_root``)."""
     try:
         text = io.read_bytes(path).decode("utf-8")
     except FileNotFoundError:
@@ -226,8 +258,10 @@ def _csv(name: str, path: str) -> ReIDDataset:
             raise DataError(f"CSV {path} line {lineno}: pid / camid / seq must be integers: {row}") from None
         split = (row["split"] or "").strip()
         _require(split in splits, f"CSV {path} line {lineno}: split {split!r} is not one of {FOLDER_SPLITS}")
-        p = row["path"]
+        p = row["path"] or ""
         full = p if (io.is_url(p) or os.path.isabs(p)) else io.join(base, p)
+        if not allow_outside and not _inside(base or ".", full):
+            raise _outside_error(f"CSV {path} line {lineno}", p, base or ".")
         if pid >= 0:
             splits[split].append(ImageRecord(full, pid, cam, seq))
     _check_splits(name, path, splits["train"], splits["query"], splits["gallery"])
@@ -261,6 +295,7 @@ def load_layout(
     name: str | None = None,
     cuhk03_split: str = "detected",
     merge_val: bool = False,
+    allow_outside_root: bool = False,
 ) -> ReIDDataset:
     """Parse a data set at ``path`` (local or URL) in ``layout`` (``auto`` = recognise it).
 
@@ -270,6 +305,7 @@ def load_layout(
         name: the name recorded in the result (default: the folder's name).
         cuhk03_split: CUHK03-NP ``detected`` or ``labeled``.
         merge_val: MSMT17: add ``list_val.txt`` to the training split.
+        allow_outside_root: let CSV rows / MSMT17 list lines name files outside the data set's folder.
     """
     name = name or path.rstrip("/").rsplit("/", 1)[-1]
     if layout == "auto":
@@ -277,13 +313,13 @@ def load_layout(
     if layout in ("market1501", "synthetic"):
         ds = _market_like(name, path, "Market-1501")
     elif layout == "msmt17":
-        ds = _msmt17(name, path, merge_val)
+        ds = _msmt17(name, path, merge_val, allow_outside_root)
     elif layout == "cuhk03":
         ds = _cuhk03(name, path, cuhk03_split)
     elif layout == "folder":
         ds = _folder(name, path)
     elif layout == "csv":
-        ds = _csv(name, path)
+        ds = _csv(name, path, allow_outside_root)
     else:
         raise DataError(f"unknown layout {layout!r}: expected auto or one of {LAYOUT_NAMES}")
     log.info("loaded %s (%s) from %s: %s", name, layout, path, ds.stats())
@@ -307,11 +343,18 @@ def load_dataset(name: str, data: DataConfig) -> ReIDDataset:
     """
     path = dataset_path(name, data)
     entry = data.datasets[name]
-    if entry.layout == "synthetic" and not io.exists(io.join(path, "dataset.json")):
+    if entry.layout == "synthetic" and complete_manifest(path) is None:
         raise DataError(
             f"synthetic data set {name!r} is not generated at {path}: run `oskt data make --dataset {name}`"
         )
-    ds = load_layout(path, entry.layout, name=name, cuhk03_split=entry.cuhk03_split, merge_val=entry.merge_val)
+    ds = load_layout(
+        path,
+        entry.layout,
+        name=name,
+        cuhk03_split=entry.cuhk03_split,
+        merge_val=entry.merge_val,
+        allow_outside_root=data.allow_outside_root,
+    )
     return holdout_split(ds, data.val_ids) if data.val_ids else ds
 
 

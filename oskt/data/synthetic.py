@@ -9,25 +9,23 @@ and random occluders. Domain ``b`` has fewer, darker, blurrier cameras with stro
 distribution than domain ``a`` (for cross-domain A->B runs).
 
 Every image is drawn from its own generator seeded by (seed, domain, split, pid, image index), so the bytes do not
-depend on generation order, and the same seed gives byte-identical JPEG files.
+depend on generation order, and the same seed gives byte-identical JPEG files. The folder is marked as oskt's by
+its ``dataset.json`` manifest (:mod:`oskt.data.ownership`): regenerating never deletes a file oskt did not write.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io as _io
-import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from oskt import io
 from oskt.config import SynthConfig
+from oskt.data.ownership import LEGACY_LISTS, check_owned, complete_manifest, write_owned
 from oskt.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -171,9 +169,15 @@ def _c(col: np.ndarray) -> tuple[int, int, int]:
 
 
 def render_person(
-    ident: dict[str, Any], cam: dict[str, Any], rng: np.random.Generator, height: int, width: int
+    ident: dict[str, Any],
+    cam: dict[str, Any],
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    *,
+    image_format: str = "JPEG",
 ) -> bytes:
-    """Draw one pedestrian image seen by one camera; returns JPEG bytes.
+    """Draw one pedestrian image seen by one camera; returns the encoded file (JPEG quality 90, or PNG).
 
     Args:
         ident: identity attributes (from the identity generator).
@@ -181,6 +185,7 @@ def render_person(
         rng: this image's generator (pose, viewpoint, jitter, occluders, noise).
         height: stored image height.
         width: stored image width.
+        image_format: ``JPEG`` (Market-1501, MSMT17 and the synthetic sets) or ``PNG`` (CUHK03-NP).
     """
     # low-resolution cameras: draw small, upsample (loses detail like a distant camera)
     f = cam["lowres"] * rng.uniform(0.9, 1.1)
@@ -312,7 +317,10 @@ def render_person(
     if rng.random() < 0.5:  # people walk both ways: mirror half the images
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     buf = _io.BytesIO()
-    img.save(buf, format="JPEG", quality=90)
+    if image_format == "JPEG":
+        img.save(buf, format="JPEG", quality=90)
+    else:
+        img.save(buf, format=image_format)
     return buf.getvalue()
 
 
@@ -373,15 +381,11 @@ def _manifest(synth: SynthConfig, domain: str, counts: dict[str, int]) -> dict[s
 
 def is_complete(path: str, synth: SynthConfig, domain: str) -> bool:
     """True when ``path`` holds a finished data set generated with exactly this config and domain."""
-    mpath = io.join(path, "dataset.json")
-    if not io.exists(mpath):
-        return False
-    try:
-        m = io.read_json(mpath)
-    except (OSError, ValueError):
-        return False
+    m = complete_manifest(path)
     return (
-        m.get("version") == GENERATOR_VERSION
+        m is not None
+        and m.get("generator") == "oskt.data.synthetic"
+        and m.get("version") == GENERATOR_VERSION
         and m.get("domain") == domain
         and m.get("config") == dataclasses.asdict(synth)
     )
@@ -391,8 +395,10 @@ def make_synthetic(root_or_path: str, synth: SynthConfig, domain: str, *, force:
     """Generate the synthetic data set of ``domain`` at ``root_or_path`` (Market-1501 layout); returns the path.
 
     A folder whose ``dataset.json`` manifest records the same generator config is left as it is (unless
-    ``force``). Local output is written to a sibling temporary folder and renamed into place, so an interrupted run
-    never looks complete; for URLs the manifest is written last and marks completion.
+    ``force``). Otherwise the folder must be missing, empty or an oskt data set holding nothing else
+    (:func:`oskt.data.ownership.check_owned`: a folder with a file oskt did not write is a DataError naming it,
+    and nothing is written or deleted); the new set is written beside the old one and swapped in
+    (:func:`oskt.data.ownership.write_owned`), so an interrupted run never looks complete and never loses the old set.
 
     Args:
         root_or_path: the data set folder (local or ``s3://``).
@@ -404,40 +410,33 @@ def make_synthetic(root_or_path: str, synth: SynthConfig, domain: str, *, force:
     if not force and is_complete(path, synth, domain):
         log.info("synthetic data set at %s is complete and up to date", path)
         return path
-    plan = synthetic_plan(synth, domain)
+    plan = synthetic_plan(synth, domain)  # validates the domain before anything is touched
+    check_owned(path)
     cams = [_camera(synth.seed, domain, c) for c in range(DOMAINS[domain].num_cams)]
     counts: dict[str, int] = {}
-    if io.is_url(path):
-        import fsspec
-
-        fs, _, (p,) = fsspec.get_fs_token_paths(path)
-        if fs.exists(p):
-            fs.rm(p, recursive=True)
-        target = path
-    else:
-        target = path + ".partial"
-        if os.path.exists(target):
-            shutil.rmtree(target)
-        for folder in ("bounding_box_train", "query", "bounding_box_test"):
-            os.makedirs(os.path.join(target, folder), exist_ok=True)
-    for folder, name, scode, pid, cam, idx in plan:
-        data = _render(synth, domain, cams, scode, pid, cam, idx)
-        fpath = io.join(target, folder, name)
-        if io.is_url(fpath):
-            io.write_bytes_atomic(fpath, data)
-        else:
-            with open(fpath, "wb") as f:  # inside a temporary folder: atomic as a whole, no per-file fsync
-                f.write(data)
+    for folder, *_ in plan:
         counts[folder] = counts.get(folder, 0) + 1
     counts["train_ids"], counts["test_ids"] = synth.train_ids, synth.test_ids
     counts["distractors"] = sum(1 for e in plan if e[3] == 0)
-    if not io.is_url(path):
-        with open(os.path.join(target, "dataset.json"), "w") as f:
-            json.dump(_manifest(synth, domain, counts), f, indent=2, sort_keys=True)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(target, path)
-    else:
-        io.write_json_atomic(io.join(path, "dataset.json"), _manifest(synth, domain, counts))
+    files = (
+        (f"{folder}/{name}", _render(synth, domain, cams, scode, pid, cam, idx))
+        for folder, name, scode, pid, cam, idx in plan
+    )
+    write_owned(path, _manifest(synth, domain, counts), files)
     log.info("generated synthetic domain %s at %s: %s", domain, path, counts)
     return path
+
+
+def _legacy_files(manifest: dict[str, Any]) -> set[str]:
+    """The files of a manifest of the first generator (version 1), which wrote no list: they follow from the config
+    it records."""
+    if manifest.get("version") != 1:
+        return set()
+    try:
+        plan = synthetic_plan(SynthConfig(**manifest["config"]), manifest["domain"])
+    except (KeyError, TypeError, ValueError, DataError):
+        return set()
+    return {f"{folder}/{name}" for folder, name, *_ in plan}
+
+
+LEGACY_LISTS["oskt.data.synthetic"] = _legacy_files

@@ -29,6 +29,10 @@ __all__ = ["ExportResult", "export_onnx", "onnx_features", "verify_onnx"]
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "features"
+ATOL = 1e-5
+"""Absolute part of the verification bound (features near zero)."""
+RTOL = 1e-4
+"""Part of the verification bound relative to the largest |feature| (see :func:`verify_onnx`)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class ExportResult:
         feat_dim: feature width ``D``.
         max_abs_diff: largest |ORT - PyTorch| over the verification batches (``None`` when not verified).
         num_bytes: file size.
+        max_rel_diff: ``max_abs_diff`` over the largest |PyTorch feature| (``None`` when not verified).
+        tolerance: the bound ``max_abs_diff`` was checked against (``atol + rtol * largest |feature|``).
     """
 
     path: str
@@ -52,6 +58,8 @@ class ExportResult:
     feat_dim: int
     max_abs_diff: float | None
     num_bytes: int
+    max_rel_diff: float | None = None
+    tolerance: float | None = None
 
 
 class _Features(nn.Module):
@@ -96,7 +104,8 @@ def export_onnx(
     *,
     verify: bool = True,
     batch_sizes: Sequence[int] = (1, 3),
-    atol: float = 1e-4,
+    atol: float = ATOL,
+    rtol: float = RTOL,
 ) -> ExportResult:
     """Export ``model``'s eval-mode retrieval feature to ONNX at ``path`` and (by default) verify it.
 
@@ -107,7 +116,8 @@ def export_onnx(
         opset: ONNX opset version.
         verify: run the file with ONNX Runtime on random inputs of each batch size and compare with PyTorch.
         batch_sizes: verification batch sizes (they also check the dynamic batch axis).
-        atol: largest allowed |ORT - PyTorch| (raises ``OsktError`` above it).
+        atol: absolute part of the allowed |ORT - PyTorch| (see :func:`verify_onnx`).
+        rtol: part relative to the largest |feature| (see :func:`verify_onnx`).
 
     Returns:
         An :class:`ExportResult`.
@@ -117,6 +127,11 @@ def export_onnx(
         if spec is None:
             raise SpecError("input_size is required for a model without a .spec")
         input_size = spec.img_size
+    if len(input_size) != 2 or any(int(v) < 1 for v in input_size):
+        raise SpecError(
+            f"--input-size {' '.join(str(v) for v in input_size)}: expected two positive integers H W "
+            "(the model's own is its img_size)"
+        )
     size = (int(input_size[0]), int(input_size[1]))
     if spec is not None and spec.family == "vit" and size != tuple(spec.img_size):
         raise SpecError(
@@ -128,19 +143,25 @@ def export_onnx(
     module = _Features(model).cpu().eval()
     try:
         example = torch.randn(2, 3, *size)
-        with torch.no_grad():
-            feat_dim = int(module(example).shape[1])
+        try:
+            with torch.no_grad():
+                feat_dim = int(module(example).shape[1])
+        except RuntimeError as e:  # e.g. an input smaller than the network's total stride
+            name = spec.name if spec is not None else type(model).__name__
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise SpecError(f"--input-size {size[0]} {size[1]}: {name} cannot run on this input ({first})") from None
         with tempfile.TemporaryDirectory(prefix="oskt-onnx-") as tmp:
             local = os.path.join(tmp, "model.onnx")
             exporter = _export_to_file(module, example, local, opset)
             written_opset = _file_opset(local, opset)
-            diff = verify_onnx(module, local, size, batch_sizes, atol) if verify else None
+            check = _check_onnx(module, local, size, batch_sizes, atol, rtol) if verify else None
             with open(local, "rb") as f:
                 data = f.read()
         io.write_bytes_atomic(path, data)
     finally:
         model.to(device).train(was_training)
-    return ExportResult(str(path), exporter, written_opset, size, feat_dim, diff, len(data))
+    diff, rel, tol = check if check is not None else (None, None, None)
+    return ExportResult(str(path), exporter, written_opset, size, feat_dim, diff, len(data), rel, tol)
 
 
 def _file_opset(path: str, default: int) -> int:
@@ -165,17 +186,18 @@ def onnx_features(onnx_path: str, images: torch.Tensor, threads: int | None = No
     return torch.from_numpy(out)
 
 
-def verify_onnx(
+def _check_onnx(
     model: nn.Module,
     onnx_path: str,
     input_size: Sequence[int],
-    batch_sizes: Sequence[int] = (1, 3),
-    atol: float = 1e-4,
+    batch_sizes: Sequence[int],
+    atol: float,
+    rtol: float,
     seed: int = 0,
-) -> float:
-    """Largest |ORT - PyTorch| feature difference over random inputs of each batch size (raises above ``atol``)."""
+) -> tuple[float, float, float]:
+    """``(max |ORT - PyTorch|, that over the largest |feature|, the tolerance)``; raises above the tolerance."""
     gen = torch.Generator().manual_seed(seed)
-    worst = 0.0
+    worst, scale = 0.0, 0.0
     model.eval()
     for b in batch_sizes:
         x = torch.randn(int(b), 3, *input_size, generator=gen)
@@ -187,6 +209,35 @@ def verify_onnx(
                 f"ONNX output shape {tuple(got.shape)} differs from PyTorch {tuple(ref.shape)} at batch {b}"
             )
         worst = max(worst, float((got - ref).abs().max()))
-    if worst > atol:
-        raise OsktError(f"ONNX features differ from PyTorch by {worst:.3g} (> {atol:g}); the export is not faithful")
-    return worst
+        scale = max(scale, float(ref.abs().max()))
+    tol = atol + rtol * scale
+    rel = worst / scale if scale > 0 else float("inf") if worst > 0 else 0.0
+    if worst > tol:
+        raise OsktError(
+            f"ONNX features differ from PyTorch by {worst:.3g} (> {tol:.3g} = {atol:g} + {rtol:g} x largest "
+            f"|feature| {scale:.3g}; relative {rel:.3g}): the export is not faithful"
+        )
+    return worst, rel, tol
+
+
+def verify_onnx(
+    model: nn.Module,
+    onnx_path: str,
+    input_size: Sequence[int],
+    batch_sizes: Sequence[int] = (1, 3),
+    atol: float = ATOL,
+    seed: int = 0,
+    rtol: float = RTOL,
+) -> float:
+    """Largest |ORT - PyTorch| feature difference over random inputs of each batch size.
+
+    The bound scales with the features (fp32 rounding does): ``atol + rtol * max |PyTorch feature|``. Measured over
+    the whole series exported by fp32 ONNX Runtime (Res-50 S1-S6 and T at 64x32 and 256x128, random and trained;
+    ViT-S S1 and T): relative differences of 2e-7 to 2.4e-6, absolute up to 7.6e-5 for features up to 305 (a trained
+    teacher reached 2.6e-4, failing the old absolute 1e-4). ``rtol`` = 1e-4 leaves a 40x margin and still fails
+    any real mismatch (a wrong layer moves features by their own size).
+
+    Raises:
+        OsktError: the difference exceeds the bound, or the output shapes differ.
+    """
+    return _check_onnx(model, onnx_path, input_size, batch_sizes, atol, rtol, seed)[0]

@@ -31,12 +31,19 @@ _SKIP = ("fc.", "head.", "dist", "pre_logits", "classifier", "bottleneck")
 
 
 def _read_state_dict(path: str) -> dict[str, Tensor]:
+    from oskt.checkpoint import describe_file
+
     try:
-        obj = torch.load(_io.BytesIO(io.read_bytes(path)), map_location="cpu", weights_only=True)
+        data = io.read_bytes(path)
     except FileNotFoundError:
         raise CheckpointError(f"pretrained file {path!r} does not exist") from None
-    except Exception as e:  # foreign / truncated files raise several types
-        raise CheckpointError(f"pretrained file {path!r} cannot be read as a weights-only torch file: {e}") from None
+    try:
+        obj = torch.load(_io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception:  # foreign / truncated files raise several types: say what the file is
+        raise CheckpointError(
+            f"pretrained file {path!r} is {describe_file(data)}: expected torchvision / timm / PASS weights saved with "
+            "torch.save (a state dict)"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -14,12 +14,9 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from oskt.errors import ConfigError, SpecError
-
-if TYPE_CHECKING:
-    from oskt.config import ChainConfig, StudentsConfig, TeacherConfig
 
 RESNET_NAMED: dict[str, tuple[int, tuple[int, int, int]]] = {
     "S1": (8, (2, 4, 8)),
@@ -204,16 +201,6 @@ def parse_spec(name: str, arch: str = "resnet50", **options: Any) -> ModelSpec:
     )
 
 
-def spec_options(teacher: TeacherConfig, img_size: tuple[int, int]) -> dict[str, Any]:
-    """The structural ModelSpec options a teacher config implies."""
-    return {
-        "last_stride": teacher.last_stride,
-        "vit_stem": teacher.vit_student_stem,
-        "img_size": tuple(img_size),
-        "drop_path": teacher.drop_path,
-    }
-
-
 def select_chain(
     student: ModelSpec, chain_widths: tuple[int, ...] | list[int], teacher: ModelSpec | None = None
 ) -> int:
@@ -238,27 +225,33 @@ def select_chain(
     return max(fitting)
 
 
-def check_students(teacher: TeacherConfig, chain: ChainConfig, students: StudentsConfig) -> None:
-    """Validate every configured student and chain width against the teacher (raises ConfigError)."""
+def check_students(
+    teacher: str, arch: str, chain_widths: tuple[int, ...] | list[int], students: tuple[str, ...] | list[str]
+) -> None:
+    """Validate every student name and chain width against the teacher ``teacher`` of ``arch`` (raises ConfigError
+    naming ``teacher.name`` / ``chain.widths`` / ``students.names``)."""
     try:
-        probe = parse_spec(teacher.name, teacher.arch)
+        probe = parse_spec(teacher, arch)
     except SpecError as e:
-        raise ConfigError(f"teacher.name={teacher.name!r}: {e}") from None
-    for w in chain.widths:
+        raise ConfigError(f"teacher.name={teacher!r}: {e}") from None
+    for w in chain_widths:
         try:
             cs = probe.chain_spec(w)
         except SpecError as e:
-            raise ConfigError(f"chain.widths={list(chain.widths)}: width {w}: {e}") from None
+            raise ConfigError(f"chain.widths={list(chain_widths)}: width {w}: {e}") from None
         if not cs.fits_within(probe) or cs.is_teacher:
             raise ConfigError(
-                f"chain.widths={list(chain.widths)}: width {w} is not narrower than the teacher {probe.layer_widths()}"
+                f"chain.widths={list(chain_widths)}: width {w} is not narrower than the teacher {probe.layer_widths()}"
             )
-    for n in students.names:
+    for n in students:
         try:
-            spec = parse_spec(n, teacher.arch)
-            select_chain(spec, chain.widths, probe)
+            spec = parse_spec(n, arch)
+            if chain_widths:
+                select_chain(spec, chain_widths, probe)
+            elif not spec.fits_within(probe):
+                raise SpecError(f"student {spec.name} {spec.layer_widths()} is wider than {probe.layer_widths()}")
         except SpecError as e:
-            raise ConfigError(f"students.names={list(students.names)}: {e}") from None
+            raise ConfigError(f"students.names={list(students)}: {e}") from None
 
 
 def check_fits_teacher(spec: ModelSpec, teacher: ModelSpec, who: str) -> None:

@@ -1,29 +1,32 @@
-"""The reproducible pipeline: one function per stage, shared by DVC (``python -m oskt.pipeline <stage>``) and the
-Prefect flows in ``flows/``; the student grid fans out on Ray; everything logs to MLflow.
+"""The reproducible pipeline: the job graph of a config (``graph.jobs_from_config``), one function per stage, the
+grid as a map over cell jobs with the engine given as an argument, MLflow tracking and the report.
 
-Only ``oskt`` and the standard library are imported here: Prefect, Ray, MLflow and DVC are imported inside the
-functions that use them, so ``import oskt.pipeline`` works without the ``pipeline`` extra.
+The engines that distribute the grid (Ray, Prefect on Ray) live in ``flows/``, which imports this package, never
+the other way round. Only ``oskt`` and the standard library are imported here at import time; MLflow is imported
+inside ``oskt.pipeline.tracking``'s functions.
 """
 
-from oskt.pipeline.grid import grid_cells, run_cell
-from oskt.pipeline.records import CellResult, DataRecord, GridCell, Paths, ReportRecord, StageRecord, TrackingTarget
+from oskt.pipeline.graph import JobGraph, datasets_used, jobs_from_config
+from oskt.pipeline.grid import run_cell, run_grid, serial
+from oskt.pipeline.records import CellResult, DataRecord, Paths, ReportRecord, StageRecord, TrackingTarget
 from oskt.pipeline.reporting import report
-from oskt.pipeline.stages import build_chains, prepare_data, refine_chain, train_students, train_teacher
+from oskt.pipeline.stages import prepare_data, refine_chain, train_teacher
 
 __all__ = [
     "CellResult",
     "DataRecord",
-    "GridCell",
+    "JobGraph",
     "Paths",
     "ReportRecord",
     "StageRecord",
     "TrackingTarget",
-    "build_chains",
-    "grid_cells",
+    "datasets_used",
+    "jobs_from_config",
     "prepare_data",
     "refine_chain",
     "report",
     "run_cell",
-    "train_students",
+    "run_grid",
+    "serial",
     "train_teacher",
 ]

@@ -4,7 +4,7 @@ The paper's ablations are config switches (``chain.init=random`` vs ``center``, 
 ``euclidean``, one chain ``chain.widths=[8]`` vs several). An ablation named NAME runs the whole pipeline (Prefect
 flow, grid on Ray, MLflow) with its overrides, the OSKT method only, into ``<out>/ablations/NAME``; the main run's
 teachers are reused (their ``result.json`` is copied, so the teacher stage finds a finished run with the same
-fingerprint and trains nothing). ``ablation.json`` in that folder records the overrides; ``oskt report`` on the main
+key and trains nothing). ``ablation.json`` in that folder records the overrides; ``oskt report`` on the main
 config finds every recorded ablation and adds a row ``OSKT (NAME)`` per scenario table, from MLflow alone.
 
     oskt run --ablation random-init --set chain.init=random
@@ -50,7 +50,7 @@ def prepare_ablation(cfg: Config, name: str, overrides: Sequence[str]) -> Config
     """Resolve the ablation's config, record it in ``ablation.json`` and point its teachers at the main run's.
 
     Returns the ablation's config (what the pipeline then runs)."""
-    from oskt.pipeline.stages import RESULT_FILE
+    from oskt.jobs import RESULT_FILE
 
     acfg = ablation_config(cfg, name, overrides)
     main, abl = Paths(cfg.compute.out_dir), Paths(acfg.compute.out_dir)

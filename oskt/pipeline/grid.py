@@ -1,182 +1,210 @@
-"""The student grid: which cells exist, and running one cell idempotently.
+"""Running one grid cell idempotently, and the grid as a map over cells with an engine given as an argument.
 
-``run_cell`` is the unit every engine (serial, plain Ray, Prefect on Ray) executes. A cell whose folder already
-holds its checkpoint and a ``metrics.json`` with the same fingerprint is skipped, so a rerun after a crash only does
-what is missing. ``metrics.json`` is written last (atomically), which makes it the completion marker.
+``run_cell`` is the unit every engine (serial here; Ray and Prefect-on-Ray in ``flows/``) executes. A cell whose
+folder holds a ``result.json`` with the cell job's key is reused (``oskt.jobs.reuse``: the one rule), so a rerun
+after a crash only does what is missing. ``result.json`` is written last (atomically): the completion marker.
+
+``run_grid(cells, paths, engine=..., train=...)``: ``engine(fn, cells)`` maps a picklable one-argument function over
+the cells and returns the results in order (:func:`serial` is the in-process engine); ``train`` is the function that
+trains one cell (``oskt.pipeline.cell.train_cell``; tests pass a fast double as an argument).
 """
 
 from __future__ import annotations
 
-import itertools
+import functools
 import logging
 import os
+import socket
+import sys
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from oskt import io
-from oskt.config import Config, write_resolved
-from oskt.pipeline.backend import load_backend
-from oskt.pipeline.records import CELL_PARAMS, CellResult, GridCell, Paths, TrackingTarget, fingerprint
+from oskt.jobs import CellJob, JobRecord, RunOptions, describe, flatten, record_result, reuse, start_job
+from oskt.pipeline.cell import complexity, train_cell
+from oskt.pipeline.records import CellResult, Paths, TrackingTarget
+from oskt.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
-CELL_FILE = "cell.json"
+TrainFn = Callable[[CellJob, Paths, str, Tracker, RunOptions], tuple[str, dict[str, float]]]
+"""``train(job, paths, out_dir, tracker, run) -> (checkpoint, metrics)``: trains one cell."""
+ComplexityFn = Callable[[CellJob, str], dict[str, float]]
+Done = Callable[[CellResult], None] | None
+Engine = Callable[[Callable[[CellJob], CellResult], Sequence[CellJob], Done], list[CellResult]]
+"""``engine(fn, cells, on_done) -> [fn(c) for c in cells]``, however it distributes the calls; ``on_done(result)``
+is called in the driver as each cell finishes (progress lines)."""
 
 
-def grid_cells(cfg: Config) -> list[GridCell]:
-    """Every cell of the configured grid: scenarios × students × methods × seeds × few-shot fractions."""
-    s = cfg.students
-    return [
-        GridCell(method=m, student=n, scenario=sc, seed=seed, few_shot=fs)
-        for sc, n, m, seed, fs in itertools.product(s.scenarios, s.names, s.methods, s.seeds, s.few_shot)
-    ]
+def serial(fn: Callable[[CellJob], CellResult], cells: Sequence[CellJob], on_done: Done = None) -> list[CellResult]:
+    """The in-process engine: one cell after another."""
+    out = []
+    for c in cells:
+        out.append(fn(c))
+        if on_done is not None:
+            on_done(out[-1])
+    return out
 
 
-def cell_fingerprint(cfg: Config, cell: GridCell) -> str:
-    """Hash of everything the cell's result depends on (not the grid's lists: adding a seed keeps the others)."""
-    return fingerprint(cfg.flat(), CELL_PARAMS, cell.to_dict())
-
-
-def finished(out_dir: str, fp: str) -> dict[str, Any] | None:
-    """The stored ``metrics.json`` record when the cell in ``out_dir`` is complete for fingerprint ``fp``."""
-    path = io.join(out_dir, METRICS_FILE)
-    if not io.exists(path):
-        return None
+def node_name() -> str:
+    """The Ray node this process runs on (its id), else the host name."""
+    ray = sys.modules.get("ray")  # set in a Ray worker; this module never imports Ray itself
     try:
-        rec = io.read_json(path)
-    except (OSError, ValueError):
-        return None
-    if rec.get("fingerprint") != fp or not io.exists(rec.get("checkpoint", "")):
-        return None
-    return rec
+        if ray is not None and ray.is_initialized():
+            return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # noqa: BLE001 - a Ray without a runtime context: the host identifies the node
+        pass
+    return socket.gethostname()
 
 
-def _cell_tags(cell: GridCell, fp: str) -> dict[str, str]:
-    return {"oskt.kind": "cell", "oskt.cell": cell.name, "oskt.fingerprint": fp, **cell.tags()}
+def cell_tags(job: CellJob) -> dict[str, str]:
+    """MLflow tags of a cell's run (the report and the MLflow UI columns read them)."""
+    return {"oskt.kind": "cell", "oskt.cell": job.label, "oskt.key": job.key, **job.tags()}
 
 
-def _record_in_mlflow(target: TrackingTarget, cell: GridCell, fp: str) -> str:
-    """The run id of a finished MLflow run for this cell and fingerprint ('' when none)."""
-    from oskt.pipeline.tracking import search_runs
+def _result(job: CellJob, out_dir: str, rec: JobRecord, skipped: bool, run_id: str) -> CellResult:
+    return CellResult(
+        label=job.label,
+        tags=job.tags(),
+        out_dir=out_dir,
+        checkpoint=rec.checkpoint,
+        metrics=dict(rec.metrics),
+        seconds=rec.seconds,
+        key=rec.key,
+        skipped=skipped,
+        run_id=run_id,
+        node=str(rec.extra.get("node", "")),
+    )
+
+
+def ensure_logged(target: TrackingTarget, job: CellJob, rec: JobRecord) -> str:
+    """The run id of a finished MLflow run of this cell and key; a finished cell missing from the store (a new or
+    reset store) is logged again from its ``result.json`` (tag ``oskt.restored``)."""
+    from oskt.pipeline.tracking import search_runs, start_run
 
     runs = search_runs(
         target,
-        f"tags.`oskt.cell` = '{cell.name}' and tags.`oskt.fingerprint` = '{fp}' and attributes.status = 'FINISHED'",
+        f"tags.`oskt.cell` = '{job.label}' and tags.`oskt.key` = '{job.key}' and attributes.status = 'FINISHED'",
     )
-    return runs[0].info.run_id if runs else ""
+    if runs:
+        return runs[0].info.run_id
+    with start_run(target, f"cell:{job.label}", {**cell_tags(job), "oskt.restored": "true"}) as tracker:
+        tracker.log_params({f"job.{k}": v for k, v in flatten(rec.job).items()})
+        tracker.log_metrics({**rec.metrics, "seconds": rec.seconds})
+        return tracker.run_id
 
 
 def run_cell(
-    cfg: Config,
-    cell: GridCell,
+    job: CellJob,
     paths: Paths,
     *,
     target: TrackingTarget | None = None,
     threads: int = 0,
-    backend: str | None = None,
+    run: RunOptions = RunOptions(),
+    train: TrainFn = train_cell,
+    count: ComplexityFn = complexity,
 ) -> CellResult:
-    """Run one grid cell (or skip it when finished) and log it as an MLflow child run.
+    """Run one grid cell (or reuse it when finished) and log it as an MLflow child run.
 
     Args:
-        cfg: the resolved config.
-        cell: which student / method / scenario / seed / few-shot fraction.
+        job: the cell.
         paths: output layout.
         target: MLflow target (None or disabled = no tracking).
         threads: torch threads for this cell (0 = leave as is); engines pass the CPUs they reserved.
-        backend: backend module name (None = ``$OSKT_PIPELINE_BACKEND`` or the real one).
+        run: device and progress output.
+        train: trains the cell (default: the real one).
+        count: parameter / MAC counts of the trained checkpoint.
 
     Returns:
         The cell's result; ``skipped=True`` when an earlier run had finished it.
     """
-    out_dir = paths.cell_dir(cell)
-    fp = cell_fingerprint(cfg, cell)
+    out_dir = paths.job_dir(job)
     tracking = target is not None and target.enabled
-    done = finished(out_dir, fp)
+    done = reuse(out_dir, job)
     if done is not None:
-        run_id = done.get("run_id", "")
-        if tracking and not _record_in_mlflow(target, cell, fp):
-            run_id = _log_finished(cfg, cell, fp, done, target)  # the MLflow store was reset: record it again
-        log.info("cell %s is finished, skipping", cell.name)
-        return CellResult(
-            cell,
-            out_dir,
-            done["checkpoint"],
-            done["metrics"],
-            done.get("seconds", 0.0),
-            fp,
-            skipped=True,
-            run_id=run_id,
-        )
+        run_id = ensure_logged(target, job, done) if tracking else str(done.extra.get("run_id", ""))
+        log.info("cell %s is finished, skipping", job.label)
+        return _result(job, out_dir, done, True, run_id)
 
     if threads > 0:
         import torch
 
         torch.set_num_threads(threads)
-    be = load_backend(backend)
-    io.makedirs(out_dir)
-    tracker = None
+    tracker: Any = None
     if tracking:
         from oskt.pipeline.tracking import kill_if_running, start_run
 
         kill_if_running(target.uri, _previous_attempt(out_dir))  # an earlier attempt died mid-cell
-        tracker = start_run(target, f"cell:{cell.name}", _cell_tags(cell, fp))
-        tracker.log_params({**cfg.flat(), **{f"cell.{k}": v for k, v in cell.to_dict().items()}})
-    io.write_json_atomic(
-        io.join(out_dir, CELL_FILE),
-        {"cell": cell.to_dict(), "fingerprint": fp, "pid": os.getpid(), "run_id": tracker.run_id if tracker else ""},
-    )
+        tracker = start_run(target, f"cell:{job.label}", {**cell_tags(job), "oskt.node": node_name()})
+        tracker.log_params({f"job.{k}": v for k, v in flatten(describe(job)).items()})
+    node = node_name()
+    start_job(out_dir, job, {"pid": os.getpid(), "node": node, "run_id": tracker.run_id if tracker else ""})
     t0 = time.perf_counter()
     try:
-        from oskt.tracking import NullTracker
-
-        checkpoint, metrics = be.train_cell(cfg, cell, paths, out_dir, tracker or NullTracker())
-        metrics = {**metrics, **be.complexity(cfg, checkpoint)}
+        checkpoint, metrics = train(job, paths, out_dir, tracker or NullTracker(), run)
+        metrics = {**metrics, **count(job, checkpoint)}
         seconds = time.perf_counter() - t0
         run_id = tracker.run_id if tracker else ""
         if tracker:
             tracker.log_metrics({**metrics, "seconds": seconds})
             if target.log_checkpoints:
                 tracker.log_artifact(checkpoint, "checkpoint")
-        record = {
-            "cell": cell.to_dict(),
-            "fingerprint": fp,
-            "checkpoint": checkpoint,
-            "metrics": metrics,
-            "seconds": seconds,
-            "run_id": run_id,
-        }
-        io.write_json_atomic(io.join(out_dir, METRICS_FILE), record)  # last: marks the cell finished
+        rec = record_result(
+            out_dir,
+            job,
+            files={"checkpoint": checkpoint},
+            metrics=metrics,
+            seconds=seconds,
+            extra={"run_id": run_id, "node": node},
+        )  # last: marks the cell finished
         if tracker:
-            tracker.log_artifact(io.join(out_dir, METRICS_FILE))
-            tracker.log_artifact(write_resolved(cfg, out_dir))
+            tracker.log_artifact(io.join(out_dir, "result.json"))
             tracker.close()
     except BaseException:
         if tracker:
             tracker.close("FAILED")
         raise
-    return CellResult(cell, out_dir, checkpoint, metrics, seconds, fp, run_id=run_id)
+    return _result(job, out_dir, rec, False, run_id)
 
 
 def _previous_attempt(out_dir: str) -> str:
     """The MLflow run id of an unfinished earlier attempt at this cell ('' when none)."""
-    path = io.join(out_dir, CELL_FILE)
+    path = io.join(out_dir, "job.json")
     try:
         return str(io.read_json(path).get("run_id", "")) if io.exists(path) else ""
     except (OSError, ValueError):
         return ""
 
 
-def _log_finished(cfg: Config, cell: GridCell, fp: str, done: dict[str, Any], target: TrackingTarget) -> str:
-    """Log an already finished cell (from its metrics.json) as a run, so the report finds it in MLflow."""
-    from oskt.pipeline.tracking import start_run
+def run_grid(
+    cells: Sequence[CellJob],
+    paths: Paths,
+    *,
+    engine: Engine = serial,
+    target: TrackingTarget | None = None,
+    threads: int = 0,
+    run: RunOptions = RunOptions(),
+    train: TrainFn = train_cell,
+    count: ComplexityFn = complexity,
+    progress: bool = True,
+) -> list[CellResult]:
+    """Every cell through ``engine``; finished cells are reused; with ``progress``, one line per finished cell
+    (``oskt.pipeline.progress.GridProgress``). Writes ``students/summary.json``."""
+    from oskt.pipeline.progress import GridProgress
 
-    with start_run(target, f"cell:{cell.name}", {**_cell_tags(cell, fp), "oskt.restored": "true"}) as tracker:
-        tracker.log_params({**cfg.flat(), **{f"cell.{k}": v for k, v in cell.to_dict().items()}})
-        tracker.log_metrics({**done["metrics"], "seconds": done.get("seconds", 0.0)})
-        return tracker.run_id
+    fn = functools.partial(run_cell, paths=paths, target=target, threads=threads, run=run, train=train, count=count)
+    io.makedirs(paths.students_dir())
+    bar = GridProgress(len(cells)) if progress else None
+    try:
+        results = engine(fn, list(cells), bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    summarise(results, io.join(paths.students_dir(), "summary.json"))
+    return results
 
 
-def summarise(results: list[CellResult], path: str) -> None:
+def summarise(results: Sequence[CellResult], path: str) -> None:
     """Write the grid summary (one entry per cell) next to the cell folders."""
-    io.write_json_atomic(path, {"cells": [r.to_dict() for r in sorted(results, key=lambda r: r.cell.name)]})
+    io.write_json_atomic(path, {"cells": [r.to_dict() for r in sorted(results, key=lambda r: r.label)]})

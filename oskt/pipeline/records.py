@@ -1,7 +1,7 @@
-"""Plain records that cross stage, process, Prefect and Ray boundaries: paths, grid cells and stage results.
+"""Plain records that cross stage, process, Prefect and Ray boundaries: the output layout, MLflow targets and results.
 
-Nothing here holds a live model or tensor; every record is a frozen dataclass of strings and numbers, so it pickles
-cheaply into a Ray worker and serialises to JSON next to the outputs it describes.
+Nothing here holds a live model or tensor; every record is a frozen dataclass of strings and numbers (or a job,
+``oskt.jobs``, which is one too), so it pickles cheaply into a Ray worker and serialises to JSON.
 """
 
 from __future__ import annotations
@@ -11,40 +11,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oskt import io
-from oskt.config import COSMETIC_KEYS, PHASE_PARAMS, fingerprint  # noqa: F401 - re-exported for the stages
-
-# What each stage reads from the config (the report recomputes cell fingerprints, so it reads what cells depend on). dvc.yaml lists the same keys (a test keeps them equal), so a change
-# reruns only the stages that read it; the same lists fingerprint outputs for the Prefect path.
-STAGE_PARAMS: dict[str, tuple[str, ...]] = {
-    "prepare": ("data", "students.scenarios"),
-    "teacher": ("data", "teacher", "train", "eval"),
-    "chain": ("data", "teacher", "chain", "train", "eval"),
-    "students": ("data", "teacher", "chain", "students", "baselines", "train", "eval"),
-    "report": ("data", "teacher", "chain", "students", "baselines", "train", "eval", "tracking"),
-}
-
-# The part of the config a single grid cell's result depends on (the grid's own lists are not: adding a seed must
-# not rerun the cells that exist).
-CELL_PARAMS = PHASE_PARAMS["student"]
+from oskt.jobs import CellJob, ChainJob, TeacherJob
 
 
 @dataclass(frozen=True)
 class Paths:
-    """Where every stage reads and writes, under one output root (a local folder or ``s3://`` URL).
+    """Where every job writes, under one output root (a local folder or ``s3://`` URL).
 
     Layout::
 
-        <root>/prepare/manifest.json
-        <root>/teachers/<source>/              teacher checkpoint + result.json
-        <root>/chains/<source>/w<width>/       chain.pt, teacher_refined.pt + result.json
-        <root>/students/<cell>/                one folder per grid cell: student.pt, metrics.json, cell.json
-        <root>/report/                         report.md, report.csv, acc_vs_params.png, acc_vs_macs.png
+        <root>/prepare/manifest.json, <name>.json  what the prepare stage found (all / per data set)
+        <root>/teachers/<source>/              teacher.pt, result.json, job.json
+        <root>/chains/<source>/w<width>/       chain.pt, teacher_refined.pt, result.json
+        <root>/students/<cell>/                one folder per grid cell: result.json, init/, finetune/
+        <root>/report/                         report.md, report.csv, plots
     """
 
     root: str = "outputs"
 
     def prepare_manifest(self) -> str:
         return io.join(self.root, "prepare", "manifest.json")
+
+    def dataset_record(self, name: str) -> str:
+        return io.join(self.root, "prepare", f"{name}.json")
 
     def teacher_dir(self, source: str) -> str:
         return io.join(self.root, "teachers", source)
@@ -55,47 +44,19 @@ class Paths:
     def students_dir(self) -> str:
         return io.join(self.root, "students")
 
-    def cell_dir(self, cell: GridCell) -> str:
-        return io.join(self.students_dir(), cell.name)
+    def cell_dir(self, label: str) -> str:
+        return io.join(self.students_dir(), label)
 
     def report_dir(self) -> str:
         return io.join(self.root, "report")
 
-
-@dataclass(frozen=True)
-class GridCell:
-    """One student fine-tune of the grid: widths × scenarios × methods × seeds × few-shot fractions."""
-
-    method: str
-    student: str
-    scenario: str
-    seed: int = 0
-    few_shot: float = 1.0
-
-    @property
-    def source(self) -> str:
-        return self.scenario.split("->")[0]
-
-    @property
-    def target(self) -> str:
-        return self.scenario.split("->")[1]
-
-    @property
-    def name(self) -> str:
-        """Folder-safe, unique per cell: ``synth_a--synth_b__S1__oskt__seed0__fs1``."""
-        return f"{self.source}--{self.target}__{self.student}__{self.method}__seed{self.seed}__fs{self.few_shot:g}"
-
-    def tags(self) -> dict[str, str]:
-        return {
-            "method": self.method,
-            "student": self.student,
-            "scenario": self.scenario,
-            "seed": str(self.seed),
-            "few_shot": f"{self.few_shot:g}",
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def job_dir(self, job: TeacherJob | ChainJob | CellJob) -> str:
+        """The folder of a pipeline job."""
+        if isinstance(job, TeacherJob):
+            return self.teacher_dir(job.data.name)
+        if isinstance(job, ChainJob):
+            return self.chain_dir(job.data.name, job.width)
+        return self.cell_dir(job.label)
 
 
 @dataclass(frozen=True)
@@ -128,7 +89,7 @@ class TrackingTarget:
 
 @dataclass(frozen=True)
 class DataRecord:
-    """What ``prepare_data`` produced: the data sets the pipeline uses and their sizes."""
+    """What the prepare stage produced: the data sets the pipeline uses and their sizes."""
 
     root: str
     datasets: dict[str, dict[str, Any]]
@@ -140,33 +101,46 @@ class StageRecord:
     """A trained artefact (teacher or chain): where it is and what it scored."""
 
     stage: str
-    key: str
+    label: str
     out_dir: str
     checkpoint: str
     metrics: dict[str, float]
     seconds: float
-    fingerprint: str
-    extra: dict[str, str] = field(default_factory=dict)
+    key: str
+    files: dict[str, str] = field(default_factory=dict)
     reused: bool = False
 
 
 @dataclass(frozen=True)
 class CellResult:
-    """A finished grid cell."""
+    """A finished grid cell.
 
-    cell: GridCell
+    Attributes:
+        label: the cell's folder name (``CellJob.label``).
+        tags: method / student / scenario / seed / few-shot.
+        out_dir: its folder.
+        checkpoint: the fine-tuned student.
+        metrics: final metrics (fractions) plus params / MACs.
+        seconds: training time.
+        key: the cell job's key.
+        skipped: True when an earlier run had finished it.
+        run_id: its MLflow run ('' without tracking).
+        node: the Ray node (or host) it ran on.
+    """
+
+    label: str
+    tags: dict[str, str]
     out_dir: str
     checkpoint: str
     metrics: dict[str, float]
     seconds: float
-    fingerprint: str
+    key: str
     skipped: bool = False
     run_id: str = ""
+    node: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["cell"] = self.cell.to_dict()
-        return d
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

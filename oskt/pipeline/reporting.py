@@ -1,8 +1,9 @@
 """The comparison report, built from MLflow alone: methods × students per scenario, "mAP/R1" in %, mean ± std
 over seeds, as Markdown and CSV, plus accuracy-vs-parameters and accuracy-vs-MACs plots; all logged back to MLflow.
 
-Only runs whose cell and fingerprint match the configured grid count, so stale runs of an older config never leak
-into the tables; the newest finished run of each cell wins.
+Only runs whose cell and key match the configured grid's jobs (``oskt.pipeline.graph.jobs_from_config``) count, so
+stale runs of an older config never leak into the tables; the newest finished run of each cell wins. A finished cell
+(its ``result.json``) missing from the store (a new ``tracking.uri``) is logged there first.
 """
 
 from __future__ import annotations
@@ -11,16 +12,25 @@ import csv
 import io as _io
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from oskt import io
 from oskt.config import Config
 from oskt.errors import OsktError
+from oskt.jobs import CellJob, reuse
 from oskt.pipeline.ablation import find_ablations
-from oskt.pipeline.grid import cell_fingerprint, grid_cells
-from oskt.pipeline.records import GridCell, Paths, ReportRecord, TrackingTarget
+from oskt.pipeline.graph import jobs_from_config
+from oskt.pipeline.records import Paths, ReportRecord, TrackingTarget
 
-METHOD_NAMES = {"oskt": "OSKT", "scratch": "Scratch", "wtsel": "WtSel", "kdpp": "KD++", "depgraph": "DepGraph"}
+METHOD_NAMES = {
+    "oskt": "OSKT",
+    "scratch": "Scratch",
+    "wtsel": "WtSel",
+    "kdpp": "KD++",
+    "depgraph": "DepGraph",
+    "ofa": "OFA-KD",
+    "rsd": "RSD",
+}
 CSV_FIELDS = (
     "scenario",
     "few_shot",
@@ -62,34 +72,92 @@ class Row:
         return f"{self.map_mean:.1f}/{self.r1_mean:.1f}"
 
 
-def collect(cfg: Config, target: TrackingTarget) -> tuple[dict[GridCell, dict[str, float]], list[GridCell]]:
-    """Metrics of the newest finished MLflow run of every configured cell, and the cells with no run."""
+def collect(
+    cells: tuple[CellJob, ...], paths: Paths, target: TrackingTarget
+) -> tuple[dict[CellJob, dict[str, float]], list[CellJob], dict[CellJob, str]]:
+    """Metrics of the newest finished MLflow run of every cell (by label and job key), the cells with none, and the
+    run id of each found cell. A cell finished on disk but absent from the store is logged there first
+    (``grid.ensure_logged``)."""
+    from oskt.pipeline.grid import ensure_logged
     from oskt.pipeline.tracking import search_runs
 
     runs = search_runs(target, "tags.`oskt.kind` = 'cell' and attributes.status = 'FINISHED'")
-    newest: dict[tuple[str, str], dict[str, float]] = {}
+    newest: dict[tuple[str, str], tuple[dict[str, float], str]] = {}
     for r in runs:  # newest first
-        key = (r.data.tags.get("oskt.cell", ""), r.data.tags.get("oskt.fingerprint", ""))
-        newest.setdefault(key, dict(r.data.metrics))
-    found, missing = {}, []
-    for cell in grid_cells(cfg):
-        m = newest.get((cell.name, cell_fingerprint(cfg, cell)))
-        if m is None:
+        key = (r.data.tags.get("oskt.cell", ""), r.data.tags.get("oskt.key", ""))
+        newest.setdefault(key, (dict(r.data.metrics), r.info.run_id))
+    found, missing, run_ids = {}, [], {}
+    for cell in cells:
+        hit = newest.get((cell.label, cell.key))
+        if hit is None and (rec := reuse(paths.job_dir(cell), cell)) is not None:
+            hit = ({**rec.metrics, "seconds": rec.seconds}, ensure_logged(target, cell, rec))
+        if hit is None:
             missing.append(cell)
         else:
-            found[cell] = m
-    return found, missing
+            found[cell], run_ids[cell] = hit
+    return found, missing, run_ids
+
+
+def curves(run_ids: dict[CellJob, str], target: TrackingTarget) -> dict[CellJob, list[tuple[int, float]]]:
+    """mAP after each fine-tune epoch of every cell (``recipe.eval_every`` epochs, and the final one), from the
+    cells' MLflow metric histories (``student/eval_mAP``, ``student/final_mAP``); cells with one point are left out."""
+    from oskt.pipeline.tracking import metric_history
+
+    out = {}
+    for cell, run_id in run_ids.items():
+        pts = dict(metric_history(target, run_id, "student/eval_mAP"))
+        pts.update(metric_history(target, run_id, "student/final_mAP"))
+        if len(pts) > 1:
+            out[cell] = sorted(pts.items())
+    return out
+
+
+def plot_convergence(cfg: Config, curves_: dict[CellJob, list[tuple[int, float]]]) -> bytes:
+    """PNG of mAP (%) vs fine-tune epoch, one line per method (mean over seeds), one panel per scenario (rows) and
+    student (columns): the paper's convergence figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    scen, names = list(cfg.students.scenarios), list(cfg.students.names)
+    fig, axes = plt.subplots(len(scen), len(names), figsize=(4 * len(names), 3.2 * len(scen)), squeeze=False)
+    for i, sc in enumerate(scen):
+        for j, student in enumerate(names):
+            ax = axes[i][j]
+            for m in cfg.students.methods:
+                series = [c for c in curves_ if c.scenario == sc and c.student_name == student and c.method == m]
+                series = [curves_[c] for c in series if c.few_shot == 1.0]
+                if not series:
+                    continue
+                epochs = sorted({e for s in series for e, _ in s})
+                mean = [statistics.fmean(_pct(v) for s in series for e2, v in s if e2 == e) for e in epochs]
+                ax.plot(epochs, mean, marker=".", label=method_label(m))
+            ax.set_title(f"{student}, {sc.replace('->', ' → ')}", fontsize=9)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("fine-tune epoch")
+            ax.set_ylabel("mAP (%)")
+            ax.grid(alpha=0.3)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def _pct(v: float) -> float:
     return 100.0 * v if v <= 1.0 else v  # metrics are fractions; accept percentages too
 
 
-def aggregate(found: dict[GridCell, dict[str, float]]) -> list[Row]:
+def aggregate(found: dict[CellJob, dict[str, float]], rename: str = "") -> list[Row]:
     """Mean ± std over seeds of mAP and Rank-1 (in %) per scenario / few-shot / method / student."""
     groups: dict[tuple[str, float, str, str], list[dict[str, float]]] = defaultdict(list)
     for cell, m in found.items():
-        groups[(cell.scenario, cell.few_shot, cell.method, cell.student)].append(m)
+        method = f"{cell.method}[{rename}]" if rename else cell.method
+        groups[(cell.scenario, cell.few_shot, method, cell.student_name)].append(m)
     rows = []
     for (sc, fs, method, student), ms in groups.items():
         maps = [_pct(m.get("mAP", float("nan"))) for m in ms]
@@ -132,7 +200,7 @@ def row_methods(cfg: Config, rows: list[Row]) -> list[str]:
     return list(cfg.students.methods) + sorted({r.method for r in rows if "[" in r.method})
 
 
-def to_markdown(cfg: Config, rows: list[Row], missing: list[GridCell], ablations: dict[str, str] | None = None) -> str:
+def to_markdown(cfg: Config, rows: list[Row], missing: list[str], ablations: dict[str, str] | None = None) -> str:
     """Paper layout: one table per scenario (and few-shot fraction), methods × students, "mAP/R1" in %; ablation
     rows (``ablations``: name → its overrides) after the methods."""
     by = {(r.scenario, r.few_shot, r.method, r.student): r for r in rows}
@@ -171,7 +239,7 @@ def to_markdown(cfg: Config, rows: list[Row], missing: list[GridCell], ablations
         out += [f"- OSKT ({name}): `{over}`" for name, over in sorted(ablations.items())]
         out.append("")
     if missing:
-        out += [f"Missing from MLflow ({len(missing)} cells): " + ", ".join(c.name for c in missing[:20]), ""]
+        out += [f"Missing from MLflow ({len(missing)} cells): " + ", ".join(missing[:20]), ""]
     return "\n".join(out)
 
 
@@ -235,42 +303,101 @@ def plot(cfg: Config, rows: list[Row], x: str) -> bytes:
     return buf.getvalue()
 
 
+def worst_query_pictures(found: dict[CellJob, dict[str, float]], paths: Paths, n: int = 8, k: int = 10) -> dict:
+    """Per scenario, the ``n`` lowest-AP queries of its OSKT cell (the first student, seed 0, all identities) beside
+    their top-``k`` gallery images (``oskt.eval.visrank``): ``{file name: (caption, PNG bytes)}``. A scenario whose
+    cell or data is not readable here is left out (the tables do not depend on it)."""
+    from oskt.eval import evaluate_dataset
+    from oskt.eval.visrank import worst_queries_grid
+    from oskt.models import load_model
+
+    out: dict[str, tuple[str, bytes]] = {}
+    cells = [c for c in found if c.method == "oskt" and c.seed == min(x.seed for x in found) and c.few_shot == 1.0]
+    for cell in sorted(cells, key=lambda c: c.label):
+        name = f"worst_{cell.scenario.replace('->', '--')}.png"
+        if name in out:
+            continue
+        rec = reuse(paths.job_dir(cell), cell)
+        if rec is None:
+            continue
+        try:
+            model, _ = load_model(rec.checkpoint)
+            ds = cell.target.load()
+            result = evaluate_dataset(model, ds, cell.input, cell.eval, model.spec.family, "cpu", topk=k)
+        except OsktError:
+            continue
+        buf = _io.BytesIO()
+        worst_queries_grid(result, n=n, k=k).save(buf, format="PNG")
+        src, _, tgt = cell.scenario.partition("->")
+        out[name] = (f"OSKT {cell.student_name}, {src} → {tgt}: the {n} queries with the lowest AP", buf.getvalue())
+    return out
+
+
 def report(cfg: Config, paths: Paths, target: TrackingTarget | None) -> ReportRecord:
     """Query MLflow, write ``report.md``, ``report.csv`` and two plots under ``<out>/report``, log them back."""
     if target is None or not target.enabled:
         raise ReportError("the report is built from MLflow, but tracking is disabled (tracking.enabled=false)")
-    found, missing = collect(cfg, target)
+    graph = jobs_from_config(cfg)
+    found, missing_cells, run_ids = collect(graph.cells, paths, target)
     if not found:
         raise ReportError(
             f"no finished grid cell of this config in MLflow experiment {target.experiment!r} at "
-            f"{target.uri}: run the student grid first"
+            f"{target.uri} or in {paths.students_dir()}: run the student grid first"
         )
     rows = aggregate(found)
+    missing = [c.label for c in missing_cells]
     ablations = {}
     for name, acfg in find_ablations(cfg).items():
-        a_found, a_missing = collect(acfg, target)
-        rows += [replace(r, method=f"{r.method}[{name}]") for r in aggregate(a_found)]
-        missing += [replace(c, method=f"{c.method}[{name}]") for c in a_missing]
+        a_found, a_missing, _ = collect(jobs_from_config(acfg).cells, Paths(acfg.compute.out_dir), target)
+        rows += aggregate(a_found, rename=name)
+        missing += [f"{c.label}[{name}]" for c in a_missing]
         diff = {k: v for k, v in acfg.flat().items() if cfg.flat().get(k) != v and not k.startswith("compute.")}
         ablations[name] = ", ".join(f"{k}={v}" for k, v in sorted(diff.items()) if k != "students.methods")
     out = paths.report_dir()
     io.makedirs(out)
+    pictures = worst_query_pictures(found, paths)
+    md = to_markdown(cfg, rows, missing, ablations)
+    if graph.skipped:  # combinations a method cannot run, by design (the table shows —)
+        reasons: dict[str, list[str]] = defaultdict(list)
+        for label, why in graph.skipped:
+            reasons[why].append(label)
+        md += (
+            "\nNot run, by design:\n\n"
+            + "\n".join(f"- {why} ({len(labels)} cells, e.g. {labels[0]})" for why, labels in reasons.items())
+            + "\n"
+        )
+    if pictures:
+        md += "\n## The worst queries\n\n" + "\n".join(
+            f"{caption}\n\n![{caption}]({name})\n" for name, (caption, _) in pictures.items()
+        )
+    conv = curves(run_ids, target)
+    if conv:
+        md += "\n## Convergence\n\nmAP on the test split after each fine-tune epoch (mean over seeds).\n\n"
+        md += "![convergence](convergence.png)\n"
     files = {
-        "report.md": to_markdown(cfg, rows, missing, ablations).encode(),
+        "report.md": md.encode(),
         "report.csv": to_csv(rows).encode(),
         "acc_vs_params.png": plot(cfg, rows, "params"),
         "acc_vs_macs.png": plot(cfg, rows, "macs"),
+        **({"convergence.png": plot_convergence(cfg, conv)} if conv else {}),
+        **{name: png for name, (_, png) in pictures.items()},
     }
     for name, data in files.items():
         io.write_bytes_atomic(io.join(out, name), data)
     from oskt.pipeline.run import with_data_version
     from oskt.pipeline.tracking import start_run
 
-    with start_run(with_data_version(cfg, target), "report", {"oskt.kind": "report"}) as tracker:
+    with start_run(with_data_version(target, paths), "report", {"oskt.kind": "report"}) as tracker:
         tracker.log_metrics({"cells_found": len(found), "cells_missing": len(missing)})
         for name in files:
             tracker.log_artifact(io.join(out, name), "report")
         run_id = tracker.run_id
+    if target.parent_run_id:  # the tables and plots on the pipeline's parent run too: what the MLflow UI opens first
+        from oskt.pipeline.tracking import MlflowTracker
+
+        parent = MlflowTracker(target.uri, target.parent_run_id)
+        for name in files:
+            parent.log_artifact(io.join(out, name), "report")
     return ReportRecord(
         out_dir=out,
         markdown=io.join(out, "report.md"),

@@ -1,9 +1,10 @@
-"""One function per pipeline stage, called by DVC (``python -m oskt.pipeline <stage>``) and by the Prefect flow.
+"""One function per pipeline stage that is not the grid: prepare the data, train a teacher, refine a chain. DVC
+calls them through ``python -m flows stage <name>``; the Prefect flow calls them as tasks.
 
-Each takes the resolved :class:`~oskt.config.Config`, a :class:`~oskt.pipeline.records.Paths` and (optionally) a
-:class:`~oskt.pipeline.records.TrackingTarget`, and returns a record. A stage whose output already holds a result
-with the same fingerprint returns it without work (DVC decides staleness on its own; this makes the Prefect path,
-which has no DVC, just as idempotent).
+Each takes its job(s) (``oskt.jobs``), the output layout and an MLflow target. A stage whose job is finished in its
+folder returns the record at once (``oskt.jobs.reuse``, inside the training entry point): DVC decides staleness of
+stages on its own; this makes the Prefect path, which has no DVC, just as idempotent, and keeps a stage DVC reruns
+for an unrelated setting from training anything.
 """
 
 from __future__ import annotations
@@ -11,223 +12,217 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from oskt import io
-from oskt.config import Config, write_resolved
-from oskt.errors import OsktError
-from oskt.pipeline.backend import load_backend
-from oskt.pipeline.grid import grid_cells, summarise
-from oskt.pipeline.records import STAGE_PARAMS, CellResult, DataRecord, Paths, StageRecord, TrackingTarget, fingerprint
+from oskt.data.refs import DatasetRef
+from oskt.errors import DataError
+from oskt.jobs import CellJob, ChainJob, RunOptions, TeacherJob, describe, flatten, reuse
+from oskt.pipeline.cell import complexity, train_cell, upstream_checkpoint
+from oskt.pipeline.grid import ComplexityFn, Engine, TrainFn, run_grid, serial
+from oskt.pipeline.records import CellResult, DataRecord, Paths, StageRecord, TrackingTarget
 from oskt.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE = "result.json"
-
-
-class StageError(OsktError):
-    """A stage cannot start: an upstream output is missing or the grid engine is unknown."""
-
 
 @contextlib.contextmanager
 def stage_run(
-    target: TrackingTarget | None, name: str, tags: dict[str, str], cfg: Config | None = None
+    target: TrackingTarget | None, name: str, tags: dict[str, str], params: dict[str, Any] | None = None
 ) -> Iterator[Tracker]:
     """An MLflow child run for a stage (a NullTracker when tracking is off); FAILED when the body raises."""
     if target is None or not target.enabled:
         yield NullTracker()
         return
-    from oskt.pipeline.run import with_data_version
     from oskt.pipeline.tracking import start_run
 
-    target = with_data_version(cfg, target) if cfg is not None else target
-
     with start_run(target, name, tags) as tracker:
-        if cfg is not None:
-            tracker.log_params(cfg.flat())
+        if params:
+            tracker.log_params(params)
         yield tracker
 
 
-def _reuse(out_dir: str, fp: str) -> dict[str, Any] | None:
-    path = io.join(out_dir, RESULT_FILE)
-    if not io.exists(path):
-        return None
-    rec = io.read_json(path)
-    return rec if rec.get("fingerprint") == fp and io.exists(rec.get("checkpoint", "")) else None
-
-
-def _stage_record(stage: str, key: str, out_dir: str, fp: str, rec: dict[str, Any], reused: bool) -> StageRecord:
-    return StageRecord(
-        stage=stage,
-        key=key,
-        out_dir=out_dir,
-        checkpoint=rec["checkpoint"],
-        metrics=rec["metrics"],
-        seconds=rec["seconds"],
-        fingerprint=fp,
-        extra=rec.get("extra", {}),
-        reused=reused,
-    )
+def _log_outputs(tracker: Tracker, target: TrackingTarget | None, out_dir: str, checkpoints: Sequence[str]) -> None:
+    if target is None or not target.enabled:
+        return
+    tracker.log_artifact(io.join(out_dir, "result.json"))
+    if target.log_checkpoints:
+        for c in checkpoints:
+            tracker.log_artifact(c, "checkpoint")
 
 
 # ---------------------------------------------------------------------------------------------------- prepare
 
 
-def datasets_used(cfg: Config) -> list[str]:
-    """Source and target data sets of the configured scenarios, sources first, no repeats."""
-    names = list(cfg.data.sources) + [t for _, t in cfg.students.pairs()]
-    return list(dict.fromkeys(names))
+def prepare_data(
+    refs: Sequence[DatasetRef],
+    paths: Paths,
+    target: TrackingTarget | None = None,
+    *,
+    bad_images: str = "fail",
+    run: RunOptions = RunOptions(),
+) -> DataRecord:
+    """Generate the embedded synthetic sets that are missing or stale (the generator skips complete ones), check
+    that every data set the grid uses parses and that every one of its images decodes (``data.bad_images``), before
+    any training; writes ``prepare/manifest.json`` and one ``prepare/<name>.json`` per data set."""
+    from oskt.data import verify_images
+    from oskt.data.synthetic import make_synthetic
 
-
-def prepare_data(cfg: Config, paths: Paths, target: TrackingTarget | None = None) -> DataRecord:
-    """Generate the embedded synthetic sets that are missing and check every data set the grid uses parses."""
-    be = load_backend()
-    with stage_run(target, "prepare", {"oskt.kind": "stage", "oskt.stage": "prepare"}, cfg) as tracker:
-        sizes = {name: be.make_dataset(cfg, name) for name in datasets_used(cfg)}
+    with stage_run(target, "prepare", {"oskt.kind": "stage", "oskt.stage": "prepare"}) as tracker:
+        sizes = {}
+        for ref in refs:
+            if ref.layout == "synthetic":
+                make_synthetic(ref.path, ref.synthetic, ref.domain or "a")
+            elif not io.exists(ref.path):
+                raise DataError(
+                    f"data set {ref.name!r} ({ref.layout}) is not at {ref.path}: put it there or change "
+                    f"data.root / data.datasets.{ref.name}.path"
+                )
+            cache = run.image_cache or io.join(paths.root, "image_check.json")
+            ds = verify_images(ref.load(), cache, bad_images).dataset
+            sizes[ref.name] = {
+                "layout": ref.layout,
+                "path": ref.path,
+                "train_images": len(ds.train),
+                "train_ids": ds.num_train_pids,
+                "query": len(ds.query),
+                "gallery": len(ds.gallery),
+                "cams": ds.num_cams,
+            }
+        for name, rec in sizes.items():  # one record per data set: a teacher depends on its own only (dvc.yaml)
+            io.write_json_atomic(paths.dataset_record(name), rec)
         manifest = paths.prepare_manifest()
-        io.write_json_atomic(manifest, {"root": cfg.data.root, "datasets": sizes})
+        io.write_json_atomic(manifest, {"datasets": sizes})
         tracker.log_metrics(
             {f"{n}.{k}": v for n, s in sizes.items() for k, v in s.items() if isinstance(v, (int, float))}
         )
-    return DataRecord(root=cfg.data.root, datasets=sizes, manifest=manifest)
+    return DataRecord(root=paths.root, datasets=sizes, manifest=manifest)
 
 
 # ---------------------------------------------------------------------------------------------------- teacher
 
 
-def train_teacher(cfg: Config, source: str, paths: Paths, target: TrackingTarget | None = None) -> StageRecord:
-    """Train (or reuse) the teacher of data set ``source``."""
-    if source not in cfg.data.sources:
-        raise StageError(f"teacher source {source!r} is not in data.sources {list(cfg.data.sources)}")
-    out_dir = paths.teacher_dir(source)
-    fp = fingerprint(cfg.flat(), STAGE_PARAMS["teacher"], {"source": source})
-    rec = _reuse(out_dir, fp)
-    if rec is not None:
-        return _stage_record("teacher", source, out_dir, fp, rec, reused=True)
-    tags = {"oskt.kind": "stage", "oskt.stage": "teacher", "source": source, "student": cfg.teacher.name}
-    with stage_run(target, f"teacher:{source}", tags, cfg) as tracker:
+def _stage_record(stage: str, label: str, out_dir: str, key: str, result: Any, reused: bool) -> StageRecord:
+    return StageRecord(
+        stage=stage,
+        label=label,
+        out_dir=out_dir,
+        checkpoint=result.checkpoint,
+        metrics=dict(result.metrics),
+        seconds=float(result.seconds),
+        key=key,
+        files=dict(getattr(result, "files", {}) or {}),
+        reused=reused,
+    )
+
+
+def train_teacher(
+    job: TeacherJob,
+    paths: Paths,
+    target: TrackingTarget | None = None,
+    run: RunOptions = RunOptions(),
+    train: Callable[..., Any] | None = None,
+) -> StageRecord:
+    """Train (or reuse) the teacher job into its folder (``train``: the trainer, default
+    ``oskt.train.train_teacher``; tests pass a fast double)."""
+    from oskt.train import train_teacher
+
+    _train = train or train_teacher
+
+    from oskt.pipeline.run import with_data_version
+
+    out_dir = paths.job_dir(job)
+    if (done := reuse(out_dir, job)) is not None:
+        return _stage_record("teacher", job.label, out_dir, job.key, done, True)
+    target = with_data_version(target, paths)
+    tags = {"oskt.kind": "stage", "oskt.stage": "teacher", "oskt.key": job.key, "source": job.label}
+    with stage_run(target, f"teacher:{job.label}", tags, flatten(describe(job))) as tracker:
         t0 = time.perf_counter()
-        io.makedirs(out_dir)
-        write_resolved(cfg, out_dir)
-        ckpt, metrics = load_backend().train_teacher(cfg, source, out_dir, tracker)
-        rec = {"checkpoint": ckpt, "metrics": metrics, "seconds": time.perf_counter() - t0, "fingerprint": fp}
-        io.write_json_atomic(io.join(out_dir, RESULT_FILE), rec)
-        _log_outputs(tracker, target, [ckpt], out_dir)
-    return _stage_record("teacher", source, out_dir, fp, rec, reused=False)
+        r = _train(job, out_dir, run=run, tracker=tracker, resume=True)
+        log.info("teacher %s: %.1f s", job.label, time.perf_counter() - t0)
+        _log_outputs(tracker, target, out_dir, [r.checkpoint])
+    return _stage_record("teacher", job.label, out_dir, job.key, r, r.reused)
 
 
 # ---------------------------------------------------------------------------------------------------- chains
 
 
 def refine_chain(
-    cfg: Config, source: str, width: int, paths: Paths, target: TrackingTarget | None = None
+    job: ChainJob,
+    paths: Paths,
+    target: TrackingTarget | None = None,
+    run: RunOptions = RunOptions(),
+    train: Callable[..., Any] | None = None,
 ) -> StageRecord:
-    """Cluster ``source``'s teacher into the chain of ``width`` and refine it (or reuse the finished chain)."""
-    if width not in cfg.chain.widths:
-        raise StageError(f"chain width {width} is not in chain.widths {list(cfg.chain.widths)}")
-    teacher = _reuse(paths.teacher_dir(source), fingerprint(cfg.flat(), STAGE_PARAMS["teacher"], {"source": source}))
-    if teacher is None:
-        raise StageError(
-            f"the teacher of {source!r} is missing or stale in {paths.teacher_dir(source)}: run the "
-            "teacher stage first (dvc repro does)"
-        )
-    out_dir = paths.chain_dir(source, width)
-    fp = fingerprint(cfg.flat(), STAGE_PARAMS["chain"], {"source": source, "width": width})
-    rec = _reuse(out_dir, fp)
-    if rec is not None:
-        return _stage_record("chain", f"{source}/w{width}", out_dir, fp, rec, reused=True)
-    tags = {"oskt.kind": "stage", "oskt.stage": "chain", "source": source, "chain_width": str(width)}
-    with stage_run(target, f"chain:{source}:w{width}", tags, cfg) as tracker:
-        t0 = time.perf_counter()
-        io.makedirs(out_dir)
-        write_resolved(cfg, out_dir)
-        ckpt, metrics = load_backend().refine_chain(cfg, teacher["checkpoint"], width, out_dir, tracker)
-        rec = {"checkpoint": ckpt, "metrics": metrics, "seconds": time.perf_counter() - t0, "fingerprint": fp}
-        io.write_json_atomic(io.join(out_dir, RESULT_FILE), rec)
-        from oskt.train.api import REFINED_TEACHER_FILE  # the phase's file names, as pipeline/cell.py reads them
+    """Cluster the job's teacher into its chain and refine it (or reuse the finished chain); ``train`` as for
+    :func:`train_teacher` (default ``oskt.train.refine_chain``)."""
+    from oskt.train import refine_chain
 
-        # the chain and the teacher refined jointly with it (a backend need not write the latter)
-        refined = io.join(out_dir, REFINED_TEACHER_FILE)
-        _log_outputs(tracker, target, [ckpt, refined] if io.exists(refined) else [ckpt], out_dir)
-    return _stage_record("chain", f"{source}/w{width}", out_dir, fp, rec, reused=False)
+    _refine = train or refine_chain
 
+    from oskt.pipeline.run import with_data_version
 
-def build_chains(cfg: Config, source: str, paths: Paths, target: TrackingTarget | None = None) -> list[StageRecord]:
-    """Every configured chain width of ``source``, narrowest first."""
-    return [refine_chain(cfg, source, w, paths, target) for w in cfg.chain.widths]
-
-
-def _log_outputs(tracker: Tracker, target: TrackingTarget | None, checkpoints: list[str], out_dir: str) -> None:
-    if target is None or not target.enabled:
-        return
-    tracker.log_artifact(io.join(out_dir, "config.yaml"))
-    tracker.log_artifact(io.join(out_dir, RESULT_FILE))
-    if target.log_checkpoints:
-        for c in checkpoints:
-            tracker.log_artifact(c, "checkpoint")
+    out_dir = paths.job_dir(job)
+    if (done := reuse(out_dir, job)) is not None:
+        return _stage_record("chain", job.label, out_dir, job.key, done, True)
+    target = with_data_version(target, paths)
+    teacher_ckpt = upstream_checkpoint(paths, job.teacher)  # type: ignore[arg-type]
+    tags = {
+        "oskt.kind": "stage",
+        "oskt.stage": "chain",
+        "oskt.key": job.key,
+        "source": job.data.name,
+        "chain_width": str(job.width),
+    }
+    with stage_run(target, f"chain:{job.data.name}:w{job.width}", tags, flatten(describe(job))) as tracker:
+        r = _refine(job, teacher_ckpt, out_dir, run=run, tracker=tracker, resume=True)
+        # the chain and the teacher refined jointly with it
+        _log_outputs(tracker, target, out_dir, [r.files["checkpoint"], r.files["refined_teacher"]])
+    return _stage_record("chain", job.label, out_dir, job.key, r, r.reused)
 
 
 # ---------------------------------------------------------------------------------------------------- students
 
-ENGINES = ("prefect", "ray", "serial")
 
-
-def check_upstream(cfg: Config, paths: Paths) -> None:
-    """Raise before any fine-tune when a teacher or chain the grid needs is missing or stale."""
-    for source in cfg.data.sources:
-        if (
-            _reuse(paths.teacher_dir(source), fingerprint(cfg.flat(), STAGE_PARAMS["teacher"], {"source": source}))
-            is None
-        ):
-            raise StageError(f"the teacher of {source!r} is missing or stale in {paths.teacher_dir(source)}")
-        for w in cfg.chain.widths:
-            fp = fingerprint(cfg.flat(), STAGE_PARAMS["chain"], {"source": source, "width": w})
-            if _reuse(paths.chain_dir(source, w), fp) is None:
-                raise StageError(f"the chain {source}/w{w} is missing or stale in {paths.chain_dir(source, w)}")
+def check_upstream(cells: Sequence[CellJob], paths: Paths) -> None:
+    """Raise (StageError naming the folder) before any fine-tune when a teacher or chain a cell reads is not done."""
+    seen: set[str] = set()
+    for cell in cells:
+        for up in (cell.teacher, cell.chain):
+            if up is not None and up.key not in seen:
+                upstream_checkpoint(paths, up)
+                seen.add(up.key)
 
 
 def train_students(
-    cfg: Config,
+    cells: Sequence[CellJob],
     paths: Paths,
     target: TrackingTarget | None = None,
     *,
-    engine: str = "prefect",
-    ray_address: str | None = None,
-    num_cpus: int | None = None,
+    engine: Engine = serial,
+    threads: int = 0,
+    run: RunOptions = RunOptions(),
+    train: TrainFn = train_cell,
+    count: ComplexityFn = complexity,
 ) -> list[CellResult]:
-    """Run the whole student grid (finished cells are skipped) and write ``students/summary.json``.
-
-    Args:
-        engine: ``prefect`` (a Prefect flow mapping cells on prefect-ray's RayTaskRunner), ``ray`` (plain Ray
-            tasks) or ``serial`` (this process).
-        ray_address: a Ray cluster (None = ``$RAY_ADDRESS``, ``compute.ray_address``, else a local Ray).
-        num_cpus: CPUs of a local Ray (None = all).
-    """
-    if engine not in ENGINES:
-        raise StageError(f"engine={engine!r} is not allowed: expected one of {ENGINES}")
-    check_upstream(cfg, paths)
-    cells = grid_cells(cfg)
-    io.makedirs(paths.students_dir())
+    """The whole student grid under one ``students`` MLflow run (finished cells are reused); ``engine`` distributes
+    the cells (``oskt.pipeline.grid.serial``, or the Ray / Prefect engines of ``flows/``); ``train`` / ``count``
+    train one cell and count its cost (tests pass fast doubles)."""
     from oskt.pipeline.run import with_data_version
 
-    target = with_data_version(cfg, target)
-    with stage_run(target, "students", {"oskt.kind": "stage", "oskt.stage": "students"}, cfg) as tracker:
+    check_upstream(cells, paths)
+    target = with_data_version(target, paths)
+    if target is not None and target.enabled:
+        from oskt.pipeline.tracking import ensure_experiment
+
+        ensure_experiment(target)  # before the fan-out: cells racing to create a fresh SQLite store would fail
+    with stage_run(target, "students", {"oskt.kind": "stage", "oskt.stage": "students"}) as tracker:
         grid_target = target.child(getattr(tracker, "run_id", "")) if target is not None and target.enabled else None
         t0 = time.perf_counter()
-        if engine == "serial":
-            from oskt.pipeline.engines import run_serial
-
-            results = run_serial(cfg, cells, paths, grid_target)
-        elif engine == "ray":
-            from oskt.pipeline.engines import run_ray
-
-            results = run_ray(cfg, cells, paths, grid_target, address=ray_address, num_cpus=num_cpus)
-        else:
-            from flows.student_grid import run_student_grid
-
-            results = run_student_grid(cfg, paths, grid_target, ray_address=ray_address, num_cpus=num_cpus)
+        results = run_grid(
+            cells, paths, engine=engine, target=grid_target, threads=threads, run=run, train=train, count=count
+        )
         tracker.log_metrics(
             {
                 "cells": len(results),
@@ -235,5 +230,4 @@ def train_students(
                 "seconds": time.perf_counter() - t0,
             }
         )
-    summarise(results, io.join(paths.students_dir(), "summary.json"))
     return results

@@ -18,9 +18,6 @@ from oskt.config import Config, TrackingConfig
 from oskt.errors import OsktError
 from oskt.pipeline.records import TrackingTarget
 
-PARENT_ENV = "OSKT_MLFLOW_PARENT_RUN_ID"
-"""Set by ``python -m oskt.pipeline.main`` so every stage process (run by DVC) attaches to one parent run."""
-
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100  # MLflow's per-request log_batch limits
 _MAX_PARAM_LEN = 6000
 
@@ -50,15 +47,13 @@ def default_artifact_location(uri: str) -> str:
     return ""
 
 
-def target_from_config(
-    cfg: Config, tags: dict[str, str] | None = None, parent_run_id: str | None = None
-) -> TrackingTarget:
-    """The tracking target for a pipeline process (parent from ``$OSKT_MLFLOW_PARENT_RUN_ID`` unless given)."""
+def target_from_config(cfg: Config, tags: dict[str, str] | None = None, parent_run_id: str = "") -> TrackingTarget:
+    """The tracking target of the ``tracking`` section (runs are children of ``parent_run_id`` when given)."""
     uri = resolve_uri(cfg.tracking)
     return TrackingTarget(
         uri=uri,
         experiment=cfg.tracking.experiment,
-        parent_run_id=os.environ.get(PARENT_ENV, "") if parent_run_id is None else parent_run_id,
+        parent_run_id=parent_run_id,
         artifact_location=cfg.tracking.artifact_location or default_artifact_location(uri),
         log_checkpoints=cfg.tracking.log_checkpoints,
         tags=dict(tags or {}),
@@ -197,6 +192,11 @@ def search_runs(target: TrackingTarget, filter_string: str) -> list[Any]:
         token = page.token
         if not token:
             return out
+
+
+def metric_history(target: TrackingTarget, run_id: str, key: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of every logged value of metric ``key`` of run ``run_id`` (oldest first)."""
+    return [(int(m.step), float(m.value)) for m in _client(target.uri).get_metric_history(run_id, key)]
 
 
 def set_parent_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:

@@ -1,13 +1,13 @@
 """The three training entry points (docs/contracts.md, Training): teacher training, chain refinement and student
-fine-tuning. Each writes its folder (resolved config, per-epoch ``last.pt``, final checkpoint(s), ``history.json``,
-``metrics.json``), resumes a killed run from ``last.pt`` and returns at once when the folder holds a finished run.
+fine-tuning. Each takes its job (``oskt.jobs``: exactly what the phase reads) and a folder, goes through the one
+phase path of :mod:`oskt.train.phase` (reuse, resume from ``last.pt``, ``result.json`` last) and returns a
+:class:`~oskt.train.phase.TrainResult`.
 
 Recipes: ../shared/SPEC.md §4 (losses, optimisers, schedules, refinement) and §5 (student fine-tuning).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -17,23 +17,22 @@ import torch
 from torch import Tensor, nn
 
 from oskt import io
-from oskt.config import Config
+from oskt.config import EvalConfig, InputConfig
 from oskt.errors import ConfigError
+from oskt.jobs import ChainJob, FinetuneJob, RunOptions, TeacherJob, describe, job_key
 from oskt.runtime import seed_everything, select_device
 from oskt.tracking import Tracker
-from oskt.train.loop import EpochCallback, LoopOptions, Step, Trainable
+from oskt.train.loop import EpochCallback, Step
 from oskt.train.losses import ReIDLoss
-from oskt.train.optim import build_optimizer, build_scaler, build_schedule
 from oskt.train.phase import (
     Phase,
     TrainResult,
-    begin,
-    finish,
-    finished,
-    fit,
-    iters_per_epoch,
+    close_phase,
+    load_checked,
     metrics_dict,
-    run_key,
+    open_phase,
+    peak_memory,
+    train_phase,
 )
 
 log = logging.getLogger(__name__)
@@ -41,38 +40,13 @@ log = logging.getLogger(__name__)
 AuxLoss = Callable[[Tensor, Tensor, Any, int], dict[str, Tensor]]
 """``aux(images, pids, out: ReIDOutput, epoch) -> {"name": weighted loss}``; added to the fine-tuning total. An
 ``nn.Module`` aux has its trainable parameters optimised and its state checkpointed; one with
-``prepare(loader, device)`` is given an un-augmented loader over the training records before training."""
+``prepare(loader, device)`` is given an un-augmented loader over the training records before training, one with
+``attach(model)`` is given the student being trained (e.g. to hook its intermediate stages)."""
 
 TEACHER_FILE = "teacher.pt"
 CHAIN_FILE = "chain.pt"
 REFINED_TEACHER_FILE = "teacher_refined.pt"
 STUDENT_FILE = "student.pt"
-
-
-# --------------------------------------------------------------------------------------------------- helpers
-
-
-def teacher_spec(cfg: Config) -> Any:
-    """The teacher's ``ModelSpec`` from ``cfg.teacher`` and the input size."""
-    from oskt.models.spec import parse_spec, spec_options
-
-    return parse_spec(
-        cfg.teacher.name, cfg.teacher.arch, **spec_options(cfg.teacher, (cfg.data.height, cfg.data.width))
-    )
-
-
-def resolve_metric(metric: str, family: str) -> str:
-    """``auto`` = the paper's clustering metric per family: Euclidean for CNN, cosine for ViT (SPEC.md §2)."""
-    if metric != "auto":
-        return metric
-    return "euclidean" if family == "resnet" else "cosine"
-
-
-def resolve_refine_schedule(schedule: str, family: str) -> str:
-    """``auto`` = constant refining weight for CNN, linear ramp for ViT (SPEC.md §4.1)."""
-    if schedule != "auto":
-        return schedule
-    return "constant" if family == "resnet" else "linear"
 
 
 def refine_weight(step: Step, weight: float, schedule: str) -> float:
@@ -82,65 +56,19 @@ def refine_weight(step: Step, weight: float, schedule: str) -> float:
     return weight
 
 
-def _dataset(cfg: Config, dataset: Any) -> Any:
-    from oskt.data import load_dataset
-
-    return load_dataset(dataset, cfg.data) if isinstance(dataset, str) else dataset
-
-
-def _dataset_id(dataset: Any) -> str:
-    """A data set argument as it identifies a run: its name (and protocol, ``ReIDDataset.label``)."""
-    if dataset is None or isinstance(dataset, str):
-        return dataset or ""
-    return dataset.label
-
-
-def _trainable(
-    cfg: Config,
-    phase: str,
-    modules: dict[str, nn.Module],
-    optimised: Iterable[tuple[str, nn.Parameter]],
-    losses: Sequence[ReIDLoss],
-    epochs: int,
-    milestones: Sequence[int],
+def _evaluator(
+    input: InputConfig,  # noqa: A002 - the settings' name
+    eval: EvalConfig,  # noqa: A002
+    model: Any,
+    ds: Any,
     device: torch.device,
-) -> Trainable:
-    train = dataclasses.replace(cfg.train, lr=cfg.phase_lr(phase))  # the phase's base rate, the rest is train's
-    optimizer = build_optimizer(optimised, train)
-    centers = [(lo.center, lo.center_weight) for lo in losses if lo.center is not None]
-    center_opt = (
-        torch.optim.SGD([p for c, _ in centers for p in c.parameters()], lr=cfg.train.center_lr) if centers else None
-    )
-    return Trainable(
-        modules=modules,
-        optimizer=optimizer,
-        schedule=build_schedule(optimizer, train, epochs, milestones),
-        scaler=build_scaler(device, cfg.train.amp),
-        centers=centers,
-        center_optimizer=center_opt,
-    )
-
-
-def _options(cfg: Config, loader: Any, epochs: int, seed: int, device: torch.device, desc: str) -> LoopOptions:
-    return LoopOptions(
-        epochs=epochs,
-        iters_per_epoch=iters_per_epoch(loader, cfg.train.max_iters_per_epoch),
-        seed=seed,
-        device=device,
-        amp=cfg.train.amp,
-        grad_clip=cfg.train.grad_clip,
-        progress=cfg.train.progress,
-        desc=desc,
-    )
-
-
-def _evaluator(cfg: Config, model: Any, ds: Any, device: torch.device) -> Callable[[], dict[str, float]]:
+) -> Callable[[], dict[str, float]]:
     from oskt.eval import evaluate
 
     def run() -> dict[str, float]:
         was = model.training
         try:
-            return metrics_dict(evaluate(model, ds, cfg.data, cfg.eval, model.spec.family, device))
+            return metrics_dict(evaluate(model, ds, input, eval, model.spec.family, device))
         finally:
             model.train(was)
 
@@ -155,230 +83,210 @@ def _prefixed(parts: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
 
 
 def train_teacher(
-    cfg: Config,
-    dataset: Any,
+    job: TeacherJob,
     out_dir: str,
     *,
+    run: RunOptions = RunOptions(),
     tracker: Tracker | None = None,
     resume: bool = True,
     callbacks: Sequence[EpochCallback] = (),
 ) -> TrainResult:
-    """Train the teacher with the family's recipe (SPEC.md §4.2–4.3; epochs / milestones / seed from
-    ``cfg.teacher``) and evaluate it on the data set's query / gallery.
+    """Train the teacher with the family's recipe (SPEC.md §4.2–4.3) and evaluate it on the data set's query /
+    gallery; writes ``teacher.pt``.
 
     Args:
-        cfg: the resolved config.
-        dataset: a ``ReIDDataset`` or the name of one in ``cfg.data.datasets``.
-        out_dir: the run's folder (``teacher.pt``, ``metrics.json``, ...).
-        tracker: where params / per-epoch metrics / artifacts go (default: nowhere).
+        job: model spec, data set, recipe, seed, pretrained weights.
+        out_dir: the run's folder (``teacher.pt``, ``result.json``, ...).
+        run: device, progress output.
+        tracker: where params / per-epoch metrics go (default: nowhere).
         resume: continue from ``out_dir/last.pt`` and return a finished run at once.
         callbacks: extra ``callback(epoch, record)`` hooks, run after each epoch's checkpoint.
     """
-    from oskt.data import build_train_loader
     from oskt.models import build_model, load_pretrained, save_model
 
-    ckpt_path = io.join(out_dir, TEACHER_FILE)
-    key = run_key(cfg, "teacher", {"dataset": _dataset_id(dataset)})
-    if resume and (done := finished(out_dir, ckpt_path, key)) is not None:
+    done, tracker = open_phase(job, out_dir, resume=resume, tracker=tracker, params={"phase": "teacher"})
+    if done is not None:
         return done
-    ds = _dataset(cfg, dataset)
-    device = select_device(cfg.compute.device)
-    seed = cfg.teacher.seed
-    seed_everything(seed)
-    model = build_model(teacher_spec(cfg), ds.num_train_pids)
-    if cfg.teacher.pretrained:
-        load_pretrained(model, cfg.teacher.pretrained)
+    ds = load_checked(job.data, job.input.bad_images, run, out_dir)
+    device = select_device(run.device)
+    seed_everything(job.seed)
+    model = build_model(job.model, ds.num_train_pids)
+    if job.pretrained:
+        load_pretrained(model, job.pretrained)
     model.to(device)
-    loss = ReIDLoss(cfg.train, ds.num_train_pids, model.spec.feat_dim).to(device)
-    loader = build_train_loader(ds.train, cfg.data, cfg.train, cfg.teacher.family, seed)
-    tr = _trainable(
-        cfg,
-        "teacher",
-        {"model": model, "loss": loss},
-        model.named_parameters(),
-        [loss],
-        cfg.teacher.epochs,
-        cfg.teacher.milestones,
-        device,
-    )
+    loss = ReIDLoss(job.recipe, ds.num_train_pids, model.spec.feat_dim).to(device)
+    evaluate = _evaluator(job.input, job.eval, model, ds, device)
 
     def loss_fn(images: Tensor, pids: Tensor, step: Step) -> dict[str, Tensor]:
         return loss(model(images), pids)
 
     ph = Phase(
         "teacher",
-        cfg,
+        job,
         out_dir,
-        tr,
-        loader,
+        {"model": model, "loss": loss},
+        model.named_parameters(),
+        [loss],
         loss_fn,
-        _options(cfg, loader, cfg.teacher.epochs, seed, device, "teacher"),
-        evaluate=_evaluator(cfg, model, ds, device),
-        callbacks=callbacks,
+        ds.train,
+        model.spec.family,
+        job.recipe,
+        job.input,
+        job.seed,
         spec=model.spec.to_dict(),
-        key=key,
+        evaluate=evaluate,
+        desc="teacher",
     )
-    ph.tracker = begin(cfg, out_dir, tracker, {"phase": "teacher", "dataset": ds.name})
-    history, seconds = fit(ph, resume)
-    save_model(ckpt_path, model, "teacher", config=cfg.to_dict(), extra={"dataset": ds.name})
-    return finish(ph, ckpt_path, ph.evaluate(), history, seconds)  # type: ignore[misc]
+    history, seconds = train_phase(ph, run=run, device=device, tracker=tracker, resume=resume, callbacks=callbacks)
+    ckpt = io.join(out_dir, TEACHER_FILE)
+    save_model(ckpt, model, "teacher", config=describe(job), extra={"dataset": ds.name, "job_key": job_key(job)})
+    files = {"checkpoint": ckpt}
+    metrics = {**evaluate(), **peak_memory(device)}
+    return close_phase(
+        "teacher", job, out_dir, files=files, metrics=metrics, history=history, seconds=seconds, tracker=tracker
+    )
 
 
 # --------------------------------------------------------------------------------------------------- chain
 
 
 def refine_chain(
-    cfg: Config,
+    job: ChainJob,
     teacher_ckpt: str,
-    width: int,
     out_dir: str,
     *,
+    run: RunOptions = RunOptions(),
     tracker: Tracker | None = None,
     resume: bool = True,
-    dataset: Any = None,
     callbacks: Sequence[EpochCallback] = (),
 ) -> TrainResult:
-    """Cluster the teacher into a chain of ``width`` (SPEC.md §2), then refine teacher and S-Student jointly with
-    ``L = ReID_T + ReID_S + w(it)·R`` (SPEC.md §4.1; ``cfg.chain`` epochs / milestones / seed / weight schedule).
-    ``chain.epochs == 0`` clusters only.
+    """Cluster the teacher into a chain of ``job.width`` (SPEC.md §2), then refine teacher and S-Student jointly
+    with ``L = ReID_T + ReID_S + w(it)·R`` (SPEC.md §4.1) on the teacher's training set (``job.data``);
+    ``recipe.epochs == 0`` clusters only.
 
-    Writes ``chain.pt`` (returned as the checkpoint) and ``teacher_refined.pt``; the metrics are the refined
-    teacher's on the data set's query / gallery.
+    Writes ``chain.pt`` (the returned checkpoint) and ``teacher_refined.pt`` (``files["refined_teacher"]``); the
+    metrics are the refined teacher's on the data set's query / gallery, plus the S-Student's (``s_*``).
 
     Args:
-        cfg: the resolved config.
-        teacher_ckpt: the trained teacher (``kind="teacher"``).
-        width: chain width (ResNet stem width / ViT dim).
+        job: the chain job (its teacher's identity, width, clustering and refinement settings).
+        teacher_ckpt: the trained teacher (``kind="teacher"``) the job's teacher identity names.
         out_dir: the run's folder.
-        tracker: where params / metrics / artifacts go.
+        run: device, progress output.
+        tracker: where params / metrics go.
         resume: continue from ``last.pt`` and return a finished run at once.
-        dataset: the data set to refine on (default: the one the teacher was trained on, else
-            ``cfg.data.sources[0]``).
         callbacks: extra epoch hooks, run after each epoch's checkpoint.
     """
     from oskt.chain import RefineModel, build_chain, save_chain
-    from oskt.data import build_train_loader
     from oskt.models import load_model, save_model
 
-    chain_path = io.join(out_dir, CHAIN_FILE)
-    teacher_path = io.join(out_dir, REFINED_TEACHER_FILE)
-    key = run_key(cfg, "chain", {"teacher": teacher_ckpt, "width": width, "dataset": _dataset_id(dataset)})
-    if resume and io.exists(teacher_path) and (done := finished(out_dir, chain_path, key)) is not None:
+    done, tracker = open_phase(
+        job, out_dir, resume=resume, tracker=tracker, params={"phase": "chain", "chain.width": job.width}
+    )
+    if done is not None:
         return done
-    teacher, tckpt = load_model(teacher_ckpt, kind="teacher")
-    ds = _dataset(cfg, dataset or tckpt.get("extra", {}).get("dataset") or cfg.data.sources[0])
+    teacher, _ = load_model(teacher_ckpt, kind="teacher")
+    ds = load_checked(job.data, job.input.bad_images, run, out_dir)
     if teacher.num_classes != ds.num_train_pids:
         raise ConfigError(
             f"teacher {teacher_ckpt!r} classifies {teacher.num_classes} identities but {ds.name!r} "
             f"has {ds.num_train_pids}: refine on the teacher's training set"
         )
-    family = teacher.spec.family
-    device = select_device(cfg.compute.device)
-    seed = cfg.chain.seed
-    seed_everything(seed)
-    chain = build_chain(teacher, width, resolve_metric(cfg.chain.metric, family), cfg.chain.init, seed)
+    device = select_device(run.device)
+    seed_everything(job.seed)
+    chain = build_chain(teacher, job.width, job.metric, job.init, job.seed)
     refine = RefineModel(teacher, chain, ds.num_train_pids).to(device)
-    epochs = cfg.chain.epochs
-    tracker = begin(cfg, out_dir, tracker, {"phase": "chain", "dataset": ds.name, "chain.width": width})
-    loss_t = ReIDLoss(cfg.train, ds.num_train_pids, teacher.spec.feat_dim).to(device)
-    loss_s = ReIDLoss(cfg.train, ds.num_train_pids, chain.chain_spec.feat_dim).to(device)
-    tr = _trainable(
-        cfg,
-        "chain",
-        {"model": refine, "loss_t": loss_t, "loss_s": loss_s},
-        refine.named_parameters(),
-        [loss_t, loss_s],
-        max(epochs, 1),
-        cfg.chain.milestones,
-        device,
-    )
-    schedule = resolve_refine_schedule(cfg.chain.refine_schedule, family)
+    loss_t = ReIDLoss(job.recipe, ds.num_train_pids, teacher.spec.feat_dim).to(device)
+    loss_s = ReIDLoss(job.recipe, ds.num_train_pids, chain.chain_spec.feat_dim).to(device)
 
     def loss_fn(images: Tensor, pids: Tensor, step: Step) -> dict[str, Tensor]:
         t_out, s_out = refine(images)
         pt, ps = loss_t(t_out, pids), loss_s(s_out, pids)
         r = refine.refining_loss()
-        w = refine_weight(step, cfg.chain.refine_weight, schedule)
+        w = refine_weight(step, job.refine_weight, job.refine_schedule)
         return {**_prefixed(pt, "t_"), **_prefixed(ps, "s_"), "refine": r, "total": pt["total"] + ps["total"] + w * r}
 
-    loader = build_train_loader(ds.train, cfg.data, cfg.train, family, seed)
+    evaluate = _evaluator(job.input, job.eval, teacher, ds, device)
     ph = Phase(
         "chain",
-        cfg,
+        job,
         out_dir,
-        tr,
-        loader,
+        {"model": refine, "loss_t": loss_t, "loss_s": loss_s},
+        refine.named_parameters(),
+        [loss_t, loss_s],
         loss_fn,
-        _options(cfg, loader, epochs, seed, device, f"chain w{width}"),
-        evaluate=_evaluator(cfg, teacher, ds, device),
-        tracker=tracker,
-        callbacks=callbacks,
+        ds.train,
+        teacher.spec.family,
+        job.recipe,
+        job.input,
+        job.seed,
         spec=chain.chain_spec.to_dict(),
-        key=key,
+        evaluate=evaluate,
+        desc=f"chain w{job.width}",
     )
-    history, seconds = fit(ph, resume) if epochs > 0 else ([], 0.0)
-    save_model(
-        teacher_path, teacher, "teacher", config=cfg.to_dict(), extra={"dataset": ds.name, "refined_with_chain": width}
-    )
+    history, seconds = ([], 0.0)
+    if job.recipe.epochs > 0:
+        history, seconds = train_phase(ph, run=run, device=device, tracker=tracker, resume=resume, callbacks=callbacks)
+    chain_path, teacher_path = io.join(out_dir, CHAIN_FILE), io.join(out_dir, REFINED_TEACHER_FILE)
+    extra = {"dataset": ds.name, "refined_with_chain": job.width, "job_key": job_key(job)}
+    save_model(teacher_path, teacher, "teacher", config=describe(job), extra=extra)
     refine.sync_chain()  # the chain's teacher snapshot must reflect the teacher after its last step
-    save_chain(chain_path, chain, config=cfg.to_dict())
+    save_chain(chain_path, chain, config=describe(job))
     # the teacher's metrics, plus the S-Student's (s_*): the chain network before any expansion or fine-tuning
-    s_metrics = _evaluator(cfg, refine.s_student(), ds, device)()
-    metrics = {**ph.evaluate(), **{f"s_{k}": v for k, v in s_metrics.items()}}  # type: ignore[misc]
-    return finish(ph, chain_path, metrics, history, seconds)
+    s_metrics = _evaluator(job.input, job.eval, refine.s_student(), ds, device)()
+    metrics = {**evaluate(), **{f"s_{k}": v for k, v in s_metrics.items()}, **peak_memory(device)}
+    files = {"checkpoint": chain_path, "refined_teacher": teacher_path}
+    return close_phase(
+        "chain", job, out_dir, files=files, metrics=metrics, history=history, seconds=seconds, tracker=tracker
+    )
 
 
 # --------------------------------------------------------------------------------------------------- student
 
 
 def finetune_student(
-    cfg: Config,
+    job: FinetuneJob,
     init_ckpt: str,
-    dataset: Any,
     out_dir: str,
     *,
-    seed: int,
-    few_shot: float = 1.0,
+    run: RunOptions = RunOptions(),
     aux: AuxLoss | None = None,
     tracker: Tracker | None = None,
     resume: bool = True,
     callbacks: Sequence[EpochCallback] = (),
 ) -> TrainResult:
-    """Fine-tune an initialised student on ``dataset`` with the family's recipe (SPEC.md §5; epochs / milestones
-    from ``cfg.students``) and evaluate it on the data set's query / gallery.
+    """Fine-tune an initialised student on ``job.data`` with the family's recipe (SPEC.md §5) and evaluate it on the
+    data set's query / gallery; writes ``student.pt``.
 
     The student's weights and heads are used as the init method left them; only when the classifier's size
     differs from the number of (few-shot) training identities is a fresh classifier made.
 
     Args:
-        cfg: the resolved config.
+        job: data set, recipe, seed, few-shot fraction and the identity of the init checkpoint (``upstream``).
         init_ckpt: the initialised student checkpoint.
-        dataset: a ``ReIDDataset`` or a data set name.
-        out_dir: the run's folder (``student.pt``, ``metrics.json``, ...).
-        seed: run seed (data order, augmentation, few-shot subset).
-        few_shot: fraction of the training identities to fine-tune on (1.0 = all).
-        aux: an auxiliary loss (e.g. :class:`~oskt.train.kd.KDPPLoss`) added to the total.
-        tracker: where params / metrics / artifacts go.
+        out_dir: the run's folder (``student.pt``, ``result.json``, ...).
+        run: device, progress output.
+        aux: an auxiliary loss (e.g. :class:`~oskt.train.kd.KDPPLoss`) added to the total; its identity is the
+            caller's to put into ``job.upstream``.
+        tracker: where params / metrics go.
         resume: continue from ``last.pt`` and return a finished run at once.
         callbacks: extra epoch hooks, run after each epoch's checkpoint.
     """
-    from oskt.data import build_test_loader, build_train_loader, few_shot_ids, subset_records
+    from oskt.data import build_test_loader, few_shot_ids, subset_records
     from oskt.models import load_model, save_model
 
-    ckpt_path = io.join(out_dir, STUDENT_FILE)
-    inputs = {"init": init_ckpt, "dataset": _dataset_id(dataset), "seed": seed, "few_shot": few_shot}
-    key = run_key(cfg, "student", {**inputs, "aux": type(aux).__name__ if aux is not None else None})
-    if resume and (done := finished(out_dir, ckpt_path, key)) is not None:
+    if not 0.0 < job.few_shot <= 1.0:
+        raise ConfigError(f"few_shot={job.few_shot!r} is not allowed: expected a fraction in (0, 1]")
+    params = {"phase": "student", "student.seed": job.seed, "student.few_shot": job.few_shot}
+    done, tracker = open_phase(job, out_dir, resume=resume, tracker=tracker, params=params)
+    if done is not None:
         return done
-    if not 0.0 < few_shot <= 1.0:
-        raise ConfigError(f"few_shot={few_shot!r} is not allowed: expected a fraction in (0, 1]")
-    ds = _dataset(cfg, dataset)
-    device = select_device(cfg.compute.device)
-    seed_everything(seed)
+    ds = load_checked(job.data, job.input.bad_images, run, out_dir)
+    device = select_device(run.device)
+    seed_everything(job.seed)
     model, _ = load_model(init_ckpt)
     records = ds.train
-    if few_shot < 1.0:
-        ids = few_shot_ids(sorted({r.pid for r in records}), few_shot, seed)
+    if job.few_shot < 1.0:
+        ids = few_shot_ids(sorted({r.pid for r in records}), job.few_shot, job.seed)
         records = subset_records(records, ids)
     num_classes = len({r.pid for r in records})
     if model.num_classes != num_classes:
@@ -390,30 +298,18 @@ def finetune_student(
         model.reset_classifier(num_classes)
     model.to(device)
     family = model.spec.family
-    loss = ReIDLoss(cfg.train, num_classes, model.spec.feat_dim).to(device)
+    tracker.set_tags({"student.spec": model.spec.name})
+    loss = ReIDLoss(job.recipe, num_classes, model.spec.feat_dim).to(device)
     modules: dict[str, nn.Module] = {"model": model, "loss": loss}
     named: Iterable[tuple[str, nn.Parameter]] = model.named_parameters()
+    if aux is not None and hasattr(aux, "attach"):
+        aux.attach(model)
     if isinstance(aux, nn.Module):
         aux.to(device)
-        if hasattr(aux, "prepare"):
-            aux.prepare(build_test_loader(records, cfg.data, cfg.eval.batch_size, family), device)
         modules["aux"] = aux
         named = itertools.chain(named, aux.named_parameters(prefix="aux"))
-    elif aux is not None and hasattr(aux, "prepare"):
-        aux.prepare(build_test_loader(records, cfg.data, cfg.eval.batch_size, family), device)
-    tracker = begin(
-        cfg,
-        out_dir,
-        tracker,
-        {
-            "phase": "student",
-            "dataset": ds.name,
-            "student.seed": seed,
-            "student.few_shot": few_shot,
-            "student.spec": model.spec.name,
-        },
-    )
-    tr = _trainable(cfg, "students", modules, named, [loss], cfg.students.epochs, cfg.students.milestones, device)
+    if aux is not None and hasattr(aux, "prepare"):
+        aux.prepare(build_test_loader(records, job.input, job.eval.batch_size, family), device)
 
     def loss_fn(images: Tensor, pids: Tensor, step: Step) -> dict[str, Tensor]:
         out = model(images)
@@ -427,27 +323,35 @@ def finetune_student(
             }
         return parts
 
-    loader = build_train_loader(records, cfg.data, cfg.train, family, seed)
+    evaluate = _evaluator(job.input, job.eval, model, ds, device)
     ph = Phase(
         "student",
-        cfg,
+        job,
         out_dir,
-        tr,
-        loader,
+        modules,
+        named,
+        [loss],
         loss_fn,
-        _options(cfg, loader, cfg.students.epochs, seed, device, f"student {model.spec.name}"),
-        evaluate=_evaluator(cfg, model, ds, device),
-        tracker=tracker,
-        callbacks=callbacks,
+        records,
+        family,
+        job.recipe,
+        job.input,
+        job.seed,
         spec=model.spec.to_dict(),
-        key=key,
+        evaluate=evaluate,
+        desc=f"student {model.spec.name}",
     )
-    history, seconds = fit(ph, resume)
-    save_model(
-        ckpt_path,
-        model,
+    history, seconds = train_phase(ph, run=run, device=device, tracker=tracker, resume=resume, callbacks=callbacks)
+    ckpt = io.join(out_dir, STUDENT_FILE)
+    extra = {"dataset": ds.name, "seed": job.seed, "few_shot": job.few_shot, "init": init_ckpt, "job_key": job_key(job)}
+    save_model(ckpt, model, "student", config=describe(job), extra=extra)
+    return close_phase(
         "student",
-        config=cfg.to_dict(),
-        extra={"dataset": ds.name, "seed": seed, "few_shot": few_shot, "init": init_ckpt},
+        job,
+        out_dir,
+        files={"checkpoint": ckpt},
+        metrics={**evaluate(), **peak_memory(device)},
+        history=history,
+        seconds=seconds,
+        tracker=tracker,
     )
-    return finish(ph, ckpt_path, ph.evaluate(), history, seconds)  # type: ignore[misc]

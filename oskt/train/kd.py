@@ -3,7 +3,8 @@ Direction"; ../shared/BASELINES.md §1.3), as an ``AuxLoss`` for :func:`oskt.tra
 
 ``L_aux = w(e)·b·KD(z_s, z_t) + c·ND(s, t, y)`` where
 
-* ``KD = T²·KL(softmax(z_t/T) ‖ softmax(z_s/T))`` (batch mean), ``w(e) = min(1, e / warm_up)``;
+* ``KD = T²·KL(softmax(z_t/T) ‖ softmax(z_s/T))`` (batch mean), ``w(e) = min(1, e / W)`` with 0-based epochs, as
+  the authors' ``train_cifar_kd.py`` (``min(1.0, epoch / args.warm_up)``);
 * ``ND = mean_i [1 − ⟨P(s_i), c_{y_i}/‖c_{y_i}‖⟩ / max(‖P(s_i)‖, ‖t_i‖)]`` with ``c_y`` the frozen teacher's
   class-mean embedding on the training set and ``P`` the projector ``BN1d → Dropout(0.5) → Linear(d_s, d_t)``
   (identity when the dimensions match).
@@ -11,6 +12,14 @@ Direction"; ../shared/BASELINES.md §1.3), as an ``AuxLoss`` for :func:`oskt.tra
 The embedding is the pre-BNNeck feature of ``ReIDOutput`` for both networks. Logits are distilled only when the
 teacher and the student classify the same identities (same number of classes); otherwise (cross-domain or
 few-shot subsets) only the ND term is used.
+
+Warm-up ``W`` (:func:`kd_warmup`): the authors ramp over 5 of 100 ImageNet epochs (20 of 240 on CIFAR), which is
+``baselines.kdpp.warmup_epochs``; a short run is clipped to ``warmup_fraction`` of its epochs and to ``E − 1``, so the
+KD weight always reaches ``kd_weight`` inside the run (the quick fine-tune of 4 epochs: 0, 1, 1, 1 instead of the
+unclipped 0, 0.2, 0.4, 0.6). docs/methods.md §1.
+
+The teacher may be of another family than the student (a ViT teacher for a ResNet student and back): it is run on
+the batch resized to its own input size when that differs (:func:`teacher_outputs`).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from oskt.config import KDPPConfig
+from oskt.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +47,35 @@ def _set_children_eval(model: nn.Module) -> list[tuple[nn.Module, bool]]:
     return saved
 
 
+def resize_for(model: nn.Module, images: Tensor) -> Tensor:
+    """``images`` resized (bilinear) to ``model.spec.img_size`` when the model has a spec and the sizes differ.
+
+    A ViT's position embeddings fix its input size, and a CNN teacher is best run at the size it was trained at; a
+    teacher of another family than the student (or trained at another size) therefore sees the student's batch
+    resized to its own size. ReID inputs are not square (256×128): height and width are resized separately.
+    """
+    spec = getattr(model, "spec", None)
+    size = tuple(getattr(spec, "img_size", ()) or ())
+    if len(size) != 2 or tuple(images.shape[-2:]) == size:
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
+def freeze(teacher: nn.Module) -> nn.Module:
+    """Turn off the teacher's gradients (its weights are never optimised by a distillation aux) and return it."""
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
 @torch.no_grad()
 def teacher_outputs(teacher: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
     """The frozen teacher's ``(logits, feat)``: its training-mode output (``ReIDOutput``) computed with every
-    sub-module in eval mode (BN running statistics, no dropout / drop path)."""
+    sub-module in eval mode (BN running statistics, no dropout / drop path), on ``images`` resized to the
+    teacher's own input size if it differs (:func:`resize_for`)."""
     saved = _set_children_eval(teacher)
     try:
-        out = teacher(images)
+        out = teacher(resize_for(teacher, images))
     finally:
         for m, mode in saved:
             m.training = mode
@@ -99,6 +131,19 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     return F.kl_div(log_p, q, reduction="batchmean") * t * t
 
 
+def kd_warmup(warmup_epochs: float, warmup_fraction: float, total_epochs: int | None) -> float:
+    """The KD warm-up length ``W`` in epochs: ``min(warmup_epochs, warmup_fraction · E, E − 1)`` for a run of
+    ``E = total_epochs`` epochs, so that ``w(E − 1) = min(1, (E − 1) / W) = 1``: the last epoch at the latest has
+    the full KD weight; ``warmup_epochs`` unclipped when ``E`` is unknown (``None``)."""
+    if total_epochs is None:
+        return float(warmup_epochs)
+    if total_epochs < 1:
+        raise ConfigError(
+            f"KD++ total_epochs={total_epochs} is not allowed: expected the run's epochs, an integer >= 1"
+        )
+    return max(0.0, min(float(warmup_epochs), warmup_fraction * total_epochs, float(total_epochs - 1)))
+
+
 def nd_loss(s_emb: Tensor, t_emb: Tensor, centres: Tensor, labels: Tensor) -> Tensor:
     """KD++ norm-and-direction loss ``mean_i [1 − ⟨s_i, ĉ_{y_i}⟩ / max(‖s_i‖, ‖t_i‖)]``."""
     c = centres[labels]
@@ -113,11 +158,13 @@ class KDPPLoss(nn.Module):
     is held outside the module tree, frozen.
 
     Args:
-        teacher: the frozen teacher (training-mode forward returns ``(logits, feat)``).
+        teacher: the frozen teacher (training-mode forward returns ``(logits, feat)``); any family.
         kdpp: temperature, weights and warm-up.
         student_feat_dim: d_s of the student's pre-BNNeck feature.
         teacher_feat_dim: d_t of the teacher's.
         class_centres: ``[C, d_t]`` teacher class means, or None to compute them in :meth:`prepare`.
+        total_epochs: epochs of the run this loss is trained in (the fine-tune, or the source distillation phase);
+            the warm-up is clipped to it (:func:`kd_warmup`). ``None``: ``kdpp.warmup_epochs`` unclipped.
     """
 
     def __init__(
@@ -127,15 +174,15 @@ class KDPPLoss(nn.Module):
         student_feat_dim: int,
         teacher_feat_dim: int,
         class_centres: Tensor | None = None,
+        total_epochs: int | None = None,
     ) -> None:
         super().__init__()
-        self._teacher = [teacher]  # a list keeps it out of parameters() / state_dict()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+        self._teacher = [freeze(teacher)]  # a list keeps it out of parameters() / state_dict()
         self.temperature = kdpp.temperature
         self.kd_weight = kdpp.kd_weight
         self.nd_weight = kdpp.nd_weight
-        self.warmup_epochs = kdpp.warmup_epochs
+        self.warmup_epochs = kd_warmup(kdpp.warmup_epochs, kdpp.warmup_fraction, total_epochs)
+        self.total_epochs = total_epochs
         self.projector: nn.Module = (
             EmbedProjector(student_feat_dim, teacher_feat_dim)
             if student_feat_dim != teacher_feat_dim
@@ -158,7 +205,8 @@ class KDPPLoss(nn.Module):
             self.centres = teacher_class_centres(self.teacher, loader, device).to(device)
 
     def kd_factor(self, epoch: int) -> float:
-        """``b · min(1, epoch / warm_up)`` (0-based epochs: the first epoch has weight 0 when warm-up > 0)."""
+        """``b · min(1, epoch / W)`` (0-based epochs: the first epoch has weight 0 when ``W > 0``; ``W`` =
+        ``warmup_epochs``, already clipped to the run by :func:`kd_warmup`)."""
         ramp = 1.0 if self.warmup_epochs <= 0 else min(1.0, epoch / self.warmup_epochs)
         return self.kd_weight * ramp
 

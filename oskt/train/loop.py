@@ -259,6 +259,15 @@ def train_epoch(tr: Trainable, loader: Iterable, loss_fn: LossFn, epoch: int, op
     return record
 
 
+def duration(seconds: float) -> str:
+    """``41 s``, ``5 min``, ``2.3 h`` (ETAs of epoch lines and grid lines)."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def run_epochs(
     tr: Trainable,
     loader: Iterable,
@@ -274,14 +283,17 @@ def run_epochs(
     callbacks in order (evaluation, logging, checkpointing, ...).
     """
     history: list[dict[str, float]] = []
+    t_start = time.perf_counter()
     for epoch in range(start_epoch, opts.epochs):
         seed_everything(epoch_seed(opts.seed, epoch))
         seed_loader(loader, opts.seed, epoch)
         tr.schedule.step(epoch)
         record = train_epoch(tr, loader, loss_fn, epoch, opts)
         record["epoch"] = float(epoch + 1)
+        seconds_per_epoch = (time.perf_counter() - t_start) / (epoch + 1 - start_epoch)
+        left = (opts.epochs - epoch - 1) * seconds_per_epoch
         log.info(
-            "%s epoch %d/%d: loss %.4f, lr %.2e, %.1f img/s, %.1f s",
+            "%s epoch %d/%d: loss %.4f, lr %.2e, %.1f img/s, %.1f s%s",
             opts.desc,
             epoch + 1,
             opts.epochs,
@@ -289,6 +301,7 @@ def run_epochs(
             record["lr"],
             record["images_per_s"],
             record["seconds"],
+            f", ETA {duration(left)}" if epoch + 1 < opts.epochs else "",
         )
         for cb in callbacks:
             cb(epoch, record)

@@ -1,7 +1,7 @@
 """The real orchestration stack for the flow tests, started once per session: a Prefect test harness (temporary
 server + SQLite), a local Ray with 2 CPUs, and a moto S3 server on 127.0.0.1. HOME, PREFECT_HOME and the MLflow store
 point at temporary folders (``$HOME/ray_bootstrap_config.yaml`` keeps Ray's dashboard from probing a cloud metadata
-address). Training is replaced by ``tests.flows.fake_backend``; everything else is real."""
+address). Training is real (the smoke profile), or a double passed as an argument where a test says so."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ pytest.importorskip("prefect")
 pytest.importorskip("ray")
 pytest.importorskip("mlflow")
 
-BACKEND = "tests.flows.fake_backend"
 BUCKET = "oskt-test"
 
 
@@ -41,11 +40,11 @@ def stack_env(root: str) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_AUTH_MODE": "disabled",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # local Ray on 127.0.0.1 only (flows/engines.py LOCAL_RAY_ENV)
         "RAY_DEDUP_LOGS": "0",
         "DVC_NO_ANALYTICS": "1",
         "HF_HUB_OFFLINE": "1",
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        "OSKT_PIPELINE_BACKEND": BACKEND,
     }
 
 
@@ -76,8 +75,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     import ray
     from prefect.testing.utilities import prefect_test_harness
 
+    from flows.engines import use_local_ray_env
+
     with prefect_test_harness(server_startup_timeout=60):
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+        use_local_ray_env()  # as the pipeline's engines start a local Ray: loopback only
+        ray.init("local", num_cpus=2, include_dashboard=False, log_to_driver=True)
         try:
             yield Stack(root=root, s3_endpoint=endpoint)
         finally:

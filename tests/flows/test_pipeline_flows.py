@@ -1,5 +1,6 @@
 """The real stack: Prefect flows (test harness server), tasks mapped on prefect-ray's RayTaskRunner (local Ray, 2
-CPUs), MLflow (SQLite store, artifacts on S3), data and outputs on a moto S3 server. Only training is a double."""
+CPUs), MLflow (SQLite store, artifacts on S3), data and outputs on a moto S3 server, real (smoke-sized) training;
+the killed-worker test passes a training double as an argument."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import yaml
 
 from oskt import io
 from oskt.config import dump_config, load_config
-from oskt.pipeline.grid import grid_cells
+from oskt.pipeline.graph import jobs_from_config
 from oskt.pipeline.tracking import search_runs, target_from_config
 
 pytestmark = pytest.mark.pipeline
@@ -26,6 +27,7 @@ def _params(stack, name: str, *extra: str, s3: bool = False) -> str:  # noqa: AN
         f"tracking.uri=sqlite:///{stack.root}/{name}.db",
         f"tracking.experiment={name}",
         "compute.max_retries=2",
+        "compute.device=cpu",
         *extra,
     ]
     if s3:
@@ -48,12 +50,13 @@ def test_whole_pipeline_flow_with_data_and_artifacts_on_s3(stack, monkeypatch) -
     md = io.read_bytes(rec.markdown).decode()
     for name in ("OSKT", "Scratch", "WtSel", "KD++", "DepGraph"):
         assert f"| {name} |" in md
-    assert rec.num_runs == len(grid_cells(cfg))
+    n = len(jobs_from_config(cfg).cells)
+    assert rec.num_runs == n
     cells = io.listdir(f"s3://{stack.bucket}/s3run/out/students")
-    assert len([c for c in cells if "__" in c]) == len(grid_cells(cfg))
+    assert len([c for c in cells if "__" in c]) == n
     target = target_from_config(cfg, parent_run_id="")
     runs = search_runs(target, "tags.`oskt.kind` = 'cell'")
-    assert len(runs) == len(grid_cells(cfg))
+    assert len(runs) == n
     assert runs[0].info.artifact_uri.startswith(f"s3://{stack.bucket}/s3run/mlartifacts/")
     import boto3
 
@@ -72,23 +75,33 @@ def test_whole_pipeline_flow_with_data_and_artifacts_on_s3(stack, monkeypatch) -
 
 
 def test_grid_survives_a_killed_ray_worker(stack, monkeypatch, tmp_path) -> None:  # noqa: ANN001
-    from flows.student_grid import run_student_grid
-    from oskt.pipeline import Paths, build_chains, prepare_data, report, train_teacher
+    from flows.engines import cell_threads, prefect_engine
+    from oskt.data.refs import dataset_ref
+    from oskt.pipeline import Paths, datasets_used, prepare_data, refine_chain, report, train_teacher
     from oskt.pipeline.run import pipeline_run
+    from oskt.pipeline.stages import train_students
+    from tests.fakes import cell_trainer, fake_chain, fake_count, fake_teacher
 
     victim = "synth_a--synth_b__S1__oskt"
-    monkeypatch.setenv("OSKT_FAKE_KILL_CELL", victim)
-    monkeypatch.setenv("OSKT_FAKE_MARKERS", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = load_config(params=_params(stack, "kill", "students.names=[S1]", "students.scenarios=[synth_a->synth_b]"))
-    paths = Paths(cfg.compute.out_dir)
+    paths, graph = Paths(cfg.compute.out_dir), jobs_from_config(cfg)
     with pipeline_run(cfg) as target:
-        prepare_data(cfg, paths, target)
-        train_teacher(cfg, "synth_a", paths, target)
-        build_chains(cfg, "synth_a", paths, target)
-        results = run_student_grid(cfg, paths, target)
-        assert len(results) == len(grid_cells(cfg)) and not any(r.skipped for r in results)
-        assert report(cfg, paths, target).num_runs == len(grid_cells(cfg))
+        prepare_data([dataset_ref(n, cfg.data) for n in datasets_used(cfg)], paths, target)
+        train_teacher(graph.teachers["synth_a"], paths, target, train=fake_teacher)
+        for job in graph.chains.values():
+            refine_chain(job, paths, target, train=fake_chain)
+        results = train_students(
+            graph.cells,
+            paths,
+            target,
+            engine=prefect_engine(cfg.compute),
+            threads=cell_threads(cfg.compute),
+            train=cell_trainer(str(tmp_path), kill=victim),  # the double, as an argument: pickled to the workers
+            count=fake_count,
+        )
+        assert len(results) == len(graph.cells) and not any(r.skipped for r in results)
+        assert report(cfg, paths, target).num_runs == len(graph.cells)
         killed = search_runs(target, "tags.`oskt.kind` = 'cell' and attributes.status = 'KILLED'")
     assert os.path.exists(tmp_path / f"killed-{victim}__seed0__fs1")
     with open(tmp_path / "attempts.txt") as f:
@@ -99,15 +112,28 @@ def test_grid_survives_a_killed_ray_worker(stack, monkeypatch, tmp_path) -> None
     assert [r.data.tags["oskt.cell"] for r in killed] == [f"{victim}__seed0__fs1"]
 
 
+def test_task_runtime_environments_hold_no_secret(stack, monkeypatch) -> None:  # noqa: ANN001
+    """The S3 credentials are in this process's environment (the stack fixture), never in a task's runtime
+    environment (job and task metadata show it); workers get them from the cluster's environment."""
+    from flows.engines import WORKER_ENV, worker_env
+
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "secret-token")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret-password")
+    env = worker_env()
+    assert env.get("AWS_ENDPOINT_URL") == os.environ["AWS_ENDPOINT_URL"]  # endpoints do travel
+    secrets = {"testing", "secret-token", "secret-password"}
+    assert not secrets & set(env.values()) and not any("SECRET" in k or "TOKEN" in k for k in WORKER_ENV)
+
+
 def test_ablation_reuses_the_teacher_and_adds_a_report_row(stack, monkeypatch) -> None:  # noqa: ANN001
+    from flows.cli import main as flows_main
     from flows.pipeline import oskt_pipeline
-    from oskt.cli.pipeline_cmd import run_main
     from oskt.pipeline import Paths, report
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = _params(stack, "abl", "students.names=[S1]", "students.scenarios=[synth_a->synth_a]")
     oskt_pipeline(params=params)
-    assert run_main(["--params", params, "--ablation", "rand", "--set", "chain.init=random"]) == 0
+    assert flows_main(["run", "--params", params, "--ablation", "rand", "--set", "chain.init=random"]) == 0
     cfg = load_config(params=params)
     target = target_from_config(cfg, parent_run_id="")
     teachers = search_runs(target, "tags.`oskt.stage` = 'teacher'")
@@ -115,7 +141,7 @@ def test_ablation_reuses_the_teacher_and_adds_a_report_row(stack, monkeypatch) -
     chains = search_runs(target, "tags.`oskt.stage` = 'chain'")
     assert len(chains) == 2 * len(cfg.chain.widths)  # the ablation refined its own chains
     cells = search_runs(target, "tags.`oskt.kind` = 'cell'")
-    assert len(cells) == len(grid_cells(cfg)) + len(cfg.students.seeds)  # + the OSKT cells of the ablation
+    assert len(cells) == len(jobs_from_config(cfg).cells) + len(cfg.students.seeds)  # + the ablation's OSKT cells
     md = io.read_bytes(report(cfg, Paths(cfg.compute.out_dir), target).markdown).decode()
     assert "| OSKT (rand) |" in md and "- OSKT (rand): `chain.init=random`" in md
 

@@ -8,8 +8,9 @@ import torch
 from oskt.checkpoint import load_checkpoint
 from oskt.config import load_config
 from oskt.data import make_synthetic
+from oskt.jobs import RunOptions
+from oskt.pipeline import jobs_from_config
 from oskt.pipeline.cell import INIT_FILE, train_cell
-from oskt.pipeline.grid import grid_cells
 from oskt.pipeline.records import Paths
 from oskt.tracking import NullTracker
 from oskt.train import refine_chain, train_teacher
@@ -33,21 +34,21 @@ def test_a_cell_is_the_same_whatever_its_worker_ran_before(tmp_path) -> None:
         ],
     )
     make_synthetic(f"{tmp_path}/data/synth_a", cfg.data.synthetic, "a")
-    paths = Paths(cfg.compute.out_dir)
-    t = train_teacher(cfg, "synth_a", paths.teacher_dir("synth_a"))
+    paths, run, g = Paths(cfg.compute.out_dir), RunOptions(device="cpu"), jobs_from_config(cfg)
+    t = train_teacher(g.teachers["synth_a"], paths.teacher_dir("synth_a"), run=run)
     assert t.checkpoint.endswith(TEACHER_FILE)
-    c = refine_chain(cfg, t.checkpoint, 8, paths.chain_dir("synth_a", 8))
+    c = refine_chain(g.chains[("synth_a", 8)], t.checkpoint, paths.chain_dir("synth_a", 8), run=run)
     assert c.checkpoint.endswith(CHAIN_FILE)
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for cell in grid_cells(cfg):
+        for cell in g.cells:
             runs = []
             for i, burn in enumerate((0, 7)):
                 torch.manual_seed(1234)
                 torch.rand(burn)  # a different global RNG state, as another cell run before would leave
-                out = str(tmp_path / f"{cell.name}-{i}")
-                ckpt, metrics = train_cell(cfg, cell, paths, out, NullTracker())
+                out = str(tmp_path / f"{cell.label}-{i}")
+                ckpt, metrics = train_cell(cell, paths, out, NullTracker(), run)
                 runs.append((load_checkpoint(f"{out}/init/{INIT_FILE}")["state_dict"], metrics))
             (a, ma), (b, mb) = runs
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), cell.method

@@ -1,5 +1,6 @@
 """Stage functions, idempotent grid cells and the MLflow report, with MLflow real (SQLite) and training replaced by
-``tests.flows.fake_backend`` (the engine here is serial; tests/flows runs the same cells through Prefect on Ray)."""
+the doubles of tests/fakes.py, passed as arguments (the engine here is serial; tests/flows runs the same cells
+through Prefect on Ray, tests/integration/test_pipeline_dvc.py the whole pipeline with real training)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,21 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
 
 pytest.importorskip("mlflow")
 
-from oskt.config import Config, load_config  # noqa: E402
-from oskt.pipeline import build_chains, grid_cells, prepare_data, report, train_students, train_teacher  # noqa: E402
+from oskt.config import Config, dump_config, load_config  # noqa: E402
+from oskt.data.refs import dataset_ref  # noqa: E402
+from oskt.pipeline import datasets_used, jobs_from_config, prepare_data, refine_chain, report, train_teacher  # noqa: E402
 from oskt.pipeline.records import Paths, TrackingTarget  # noqa: E402
 from oskt.pipeline.run import pipeline_run  # noqa: E402
+from oskt.pipeline.stages import train_students  # noqa: E402
 from oskt.pipeline.tracking import search_runs  # noqa: E402
+from tests.fakes import cell_trainer, fake_chain, fake_count, fake_teacher  # noqa: E402
 
 pytestmark = pytest.mark.pipeline
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,20 +42,25 @@ def _cfg(tmp: str, *extra: str) -> Config:
 
 @pytest.fixture()
 def env(tmp_path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("OSKT_PIPELINE_BACKEND", "tests.flows.fake_backend")
-    monkeypatch.setenv("OSKT_FAKE_MARKERS", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("OSKT_MLFLOW_PARENT_RUN_ID", raising=False)
     return str(tmp_path)
 
 
 def _upstream(cfg: Config, target: TrackingTarget) -> Paths:
     paths = Paths(cfg.compute.out_dir)
-    prepare_data(cfg, paths, target)
-    for s in cfg.data.sources:
-        train_teacher(cfg, s, paths, target)
-        build_chains(cfg, s, paths, target)
+    prepare_data([dataset_ref(n, cfg.data) for n in datasets_used(cfg)], paths, target)
+    g = jobs_from_config(cfg)
+    for job in g.teachers.values():
+        train_teacher(job, paths, target, train=fake_teacher)
+    for job in g.chains.values():
+        refine_chain(job, paths, target, train=fake_chain)
     return paths
+
+
+def _grid(cfg: Config, paths: Paths, target: TrackingTarget, markers: str, **kw: object) -> list:
+    return train_students(
+        jobs_from_config(cfg).cells, paths, target, train=cell_trainer(markers, **kw), count=fake_count
+    )
 
 
 def _read(path: str) -> str:
@@ -68,9 +78,9 @@ def test_stages_log_a_run_tree_and_the_report_lists_every_method(env: str) -> No
     with pipeline_run(cfg) as target:
         assert target.artifact_location == os.path.join(env, "mlartifacts")
         paths = _upstream(cfg, target)
-        results = train_students(cfg, paths, target, engine="serial")
+        results = _grid(cfg, paths, target, env)
         rec = report(cfg, paths, target)
-    assert len(results) == len(grid_cells(cfg)) and not any(r.skipped for r in results)
+    assert len(results) == len(jobs_from_config(cfg).cells) and not any(r.skipped for r in results)
     md = _read(rec.markdown)
     for name in ("OSKT", "Scratch", "WtSel", "KD++", "DepGraph"):
         assert f"| {name} |" in md
@@ -84,18 +94,18 @@ def test_stages_log_a_run_tree_and_the_report_lists_every_method(env: str) -> No
     r = cells[0]
     assert r.data.tags["mlflow.parentRunId"] == students_run.info.run_id
     assert students_run.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
-    for tag in ("method", "student", "scenario", "seed", "git_commit", "data_version", "oskt.fingerprint"):
+    for tag in ("method", "student", "scenario", "seed", "git_commit", "data_version", "oskt.key", "oskt.node"):
         assert tag in r.data.tags, tag
     assert r.data.tags["data_version"].startswith("manifest-")
-    assert r.data.params["students.epochs"] == str(cfg.students.epochs)
+    assert r.data.params["job.recipe.epochs"] == str(cfg.students.epochs)
     assert {"mAP", "rank1", "params", "macs"} <= set(r.data.metrics)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(target.uri)
     assert len(client.get_metric_history(r.info.run_id, "loss")) == cfg.students.epochs
-    assert {a.path for a in client.list_artifacts(r.info.run_id)} >= {"checkpoint", "metrics.json", "config.yaml"}
+    assert {a.path for a in client.list_artifacts(r.info.run_id)} >= {"checkpoint", "result.json"}
     teacher = search_runs(target, "tags.`oskt.stage` = 'teacher'")[0]
-    assert {a.path for a in client.list_artifacts(teacher.info.run_id)} >= {"checkpoint", "config.yaml"}
+    assert {a.path for a in client.list_artifacts(teacher.info.run_id)} >= {"checkpoint", "result.json"}
     # a chain run: the chain and the teacher refined with it, once each, under checkpoint/
     chain_run = search_runs(target, "tags.`oskt.stage` = 'chain'")[0]
     top = {a.path for a in client.list_artifacts(chain_run.info.run_id)}
@@ -106,7 +116,6 @@ def test_stages_log_a_run_tree_and_the_report_lists_every_method(env: str) -> No
     }
     # `oskt report` rebuilds the same tables from MLflow alone
     from oskt.cli import main as oskt_main
-    from oskt.config import dump_config
 
     params = os.path.join(env, "params.yaml")
     with open(params, "w") as f:
@@ -115,7 +124,7 @@ def test_stages_log_a_run_tree_and_the_report_lists_every_method(env: str) -> No
     assert oskt_main(["report", "--params", params]) == 0
     assert _read(rec.markdown) == md
     rep = search_runs(target, "tags.`oskt.kind` = 'report'")[-1]
-    assert {a.path for a in client.list_artifacts(rep.info.run_id, "report")} == {
+    assert {a.path for a in client.list_artifacts(rep.info.run_id, "report")} >= {
         "report/report.md",
         "report/report.csv",
         "report/acc_vs_params.png",
@@ -123,60 +132,92 @@ def test_stages_log_a_run_tree_and_the_report_lists_every_method(env: str) -> No
     }
 
 
-def test_finished_cells_are_skipped_and_only_changed_work_reruns(env: str) -> None:
+def test_finished_cells_are_reused_and_only_changed_work_reruns(env: str) -> None:
     cfg = _cfg(env)
     with pipeline_run(cfg) as target:
         paths = _upstream(cfg, target)
-        train_students(cfg, paths, target, engine="serial")
+        _grid(cfg, paths, target, env)
         n = len(_attempts(env))
-        again = train_students(cfg, paths, target, engine="serial")
+        again = _grid(cfg, paths, target, env)
         assert all(r.skipped for r in again) and len(_attempts(env)) == n
-        assert train_teacher(cfg, "synth_a", paths, target).reused
+        assert train_teacher(jobs_from_config(cfg).teachers["synth_a"], paths, target, train=fake_teacher).reused
         # a new seed runs only the new cells
         more = _cfg(env, "students.seeds=[0,1]")
-        res = train_students(more, paths, target, engine="serial")
-        assert sum(not r.skipped for r in res) == len(grid_cells(cfg)) and len(_attempts(env)) == 2 * n
+        res = _grid(more, paths, target, env)
+        assert sum(not r.skipped for r in res) == n and len(_attempts(env)) == 2 * n
         # a recipe change reruns every cell
         changed = _cfg(env, "students.epochs=2")
-        assert not any(r.skipped for r in train_students(changed, paths, target, engine="serial"))
+        assert not any(r.skipped for r in _grid(changed, paths, target, env))
+
+
+def test_a_missing_upstream_job_is_one_clear_error_before_any_cell(env: str) -> None:
+    from oskt.pipeline.cell import StageError
+
+    cfg = _cfg(env)
+    with pipeline_run(cfg) as target:
+        paths = _upstream(cfg, target)
+        changed = _cfg(env, "chain.epochs=2")  # the chain job changed: its folder holds another key's chain
+        with pytest.raises(StageError, match=r"chain synth_a/w8 is missing or stale in .*chains/synth_a/w8"):
+            _grid(changed, paths, target, env)
+    assert _attempts(env) == []
 
 
 def test_mlflow_store_reset_restores_finished_cells_without_training(env: str) -> None:
     cfg = _cfg(env)
     with pipeline_run(cfg) as target:
         paths = _upstream(cfg, target)
-        train_students(cfg, paths, target, engine="serial")
+        _grid(cfg, paths, target, env)
         first = _read(report(cfg, paths, target).markdown)
     n = len(_attempts(env))
     cfg = _cfg(env, f"tracking.uri=sqlite:///{env}/fresh.db")  # a new, empty tracking store
     with pipeline_run(cfg) as target:
-        res = train_students(cfg, paths, target, engine="serial")
-        assert all(r.skipped for r in res) and len(_attempts(env)) == n
-        assert _read(report(cfg, paths, target).markdown) == first
+        assert _read(report(cfg, paths, target).markdown) == first  # restored from the cells' result.json
         assert search_runs(target, "tags.`oskt.restored` = 'true'")
+        res = _grid(cfg, paths, target, env)
+        assert all(r.skipped for r in res) and len(_attempts(env)) == n
 
 
-def test_killed_run_resumes_with_nothing_lost_and_the_same_report(env: str) -> None:
+DRIVER = """
+import sys
+from oskt.config import load_config
+from oskt.pipeline import jobs_from_config
+from oskt.pipeline.records import Paths
+from oskt.pipeline.run import stage_target
+from oskt.pipeline.stages import train_students
+from tests.fakes import cell_trainer, fake_count
+
+cfg = load_config(params=sys.argv[1])
+train_students(jobs_from_config(cfg).cells, Paths(cfg.compute.out_dir), stage_target(cfg),
+               train=cell_trainer(sys.argv[2], sleep=0.4), count=fake_count)
+"""
+
+
+def test_killed_grid_resumes_with_nothing_lost_and_the_same_report(env: str) -> None:
     cfg = _cfg(env, "students.names=[S1]")
     with pipeline_run(cfg) as target:
         paths = _upstream(cfg, target)
     params = os.path.join(env, "params.yaml")
-    from oskt.config import dump_config
-
     with open(params, "w") as f:
         f.write(dump_config(cfg))
-    cmd = [sys.executable, "-m", "oskt.pipeline", "students", "--params", params, "--engine", "serial"]
-    proc_env = {**os.environ, "OSKT_FAKE_SLEEP": "0.4"}
+    driver = os.path.join(env, "driver.py")
+    with open(driver, "w") as f:
+        f.write(textwrap.dedent(DRIVER))
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=proc_env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, driver, params, env],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     students = paths.students_dir()
     deadline = time.time() + 120
+    done: list[str] = []
     while time.time() < deadline:
         done = [
             d
             for d in (os.listdir(students) if os.path.isdir(students) else [])
-            if os.path.exists(os.path.join(students, d, "metrics.json"))
+            if os.path.exists(os.path.join(students, d, "result.json"))
         ]
         if len(done) >= 3:
             break
@@ -184,13 +225,14 @@ def test_killed_run_resumes_with_nothing_lost_and_the_same_report(env: str) -> N
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     finished_before = set(done)
-    assert 3 <= len(finished_before) < len(grid_cells(cfg))
+    cells = jobs_from_config(cfg).cells
+    assert 3 <= len(finished_before) < len(cells)
     before = len(_attempts(env))
     with pipeline_run(cfg) as target:
-        train_students(cfg, paths, target, engine="serial")
+        _grid(cfg, paths, target, env)
     rerun = {line.split()[0] for line in _attempts(env)[before:]}
     assert not rerun & finished_before  # finished cells were not trained again
-    assert len(rerun | finished_before) == len(grid_cells(cfg))
+    assert len(rerun | finished_before) == len(cells)
     with pipeline_run(cfg) as target:
         resumed = _read(report(cfg, paths, target).markdown)
         killed = search_runs(target, "tags.`oskt.kind` = 'cell' and attributes.status = 'KILLED'")
@@ -200,5 +242,5 @@ def test_killed_run_resumes_with_nothing_lost_and_the_same_report(env: str) -> N
     os.makedirs(os.path.join(env, "clean"))
     with pipeline_run(clean) as target:
         cp = _upstream(clean, target)
-        train_students(clean, cp, target, engine="serial")
+        _grid(clean, cp, target, os.path.join(env, "clean"))
         assert _read(report(clean, cp, target).markdown) == resumed

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -12,6 +11,8 @@ import torch
 from oskt import io
 from oskt.checkpoint import load_checkpoint
 from oskt.config import Config, load_config
+from oskt.jobs import RunOptions
+from oskt.pipeline.graph import chain_job, finetune_job, teacher_job
 from oskt.tracking import MemoryTracker
 
 pytestmark = pytest.mark.slow
@@ -62,13 +63,34 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(base)
 
 
+CPU = RunOptions(device="cpu")
+
+
+def tjob(cfg: Config):  # noqa: ANN201
+    return teacher_job(cfg, "synth_a")
+
+
+def cjob(cfg: Config, teacher_ckpt: str, width: int = 4):  # noqa: ANN201
+    """The chain job of a teacher checkpoint given by hand (as ``oskt train chain``)."""
+    from oskt.data.refs import dataset_ref
+    from oskt.jobs import checkpoint_identity
+
+    return chain_job(cfg, checkpoint_identity(teacher_ckpt), width, dataset_ref("synth_a", cfg.data))
+
+
+def fjob(cfg: Config, init: str, seed: int = 0, few_shot: float = 1.0):  # noqa: ANN201
+    from oskt.jobs import checkpoint_identity
+
+    return finetune_job(cfg, "synth_a", upstream=checkpoint_identity(init), seed=seed, few_shot=few_shot)
+
+
 @pytest.fixture(scope="module")
 def teacher_run(root: str, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     from oskt.train import train_teacher
 
     out = str(tmp_path_factory.mktemp("teacher"))
     tracker = MemoryTracker()
-    return train_teacher(tiny_config(root), "synth_a", out, tracker=tracker), out, tracker
+    return train_teacher(tjob(tiny_config(root)), out, run=CPU, tracker=tracker), out, tracker
 
 
 def _went_down(history: list[dict[str, float]]) -> None:
@@ -84,7 +106,7 @@ def _fixed_batch_loss(cfg: Config, ckpt: str) -> float:
     from oskt.train.losses import cross_entropy_ls, triplet_loss
 
     ds = load_dataset("synth_a", cfg.data)
-    images, pids, _ = next(iter(build_test_loader(ds.train, cfg.data, 48, "resnet")))
+    images, pids, _ = next(iter(build_test_loader(ds.train, cfg.data.input, 48, "resnet")))
     model, _ = load_model(ckpt)
     model.train()
     with torch.no_grad():
@@ -92,22 +114,25 @@ def _fixed_batch_loss(cfg: Config, ckpt: str) -> float:
         return float(cross_entropy_ls(logits, pids, 0.1) + triplet_loss(feat, pids, 0.3, 0.2))
 
 
-def test_train_teacher_writes_its_folder_and_learns(teacher_run) -> None:  # noqa: ANN001
+def test_train_teacher_writes_its_folder_and_learns(root: str, teacher_run) -> None:  # noqa: ANN001
     result, out, tracker = teacher_run
     _went_down(result.history)
     assert result.checkpoint == os.path.join(out, "teacher.pt")
     assert load_checkpoint(result.checkpoint, kind="teacher")["spec"]["in_planes"] == 8
-    for name in ("config.yaml", "metrics.json", "history.json"):
+    for name in ("job.json", "result.json", "history.json"):
         assert os.path.exists(os.path.join(out, name)), name
     assert not os.path.exists(os.path.join(out, "last.pt"))
-    m = io.read_json(os.path.join(out, "metrics.json"))
+    rec = io.read_json(os.path.join(out, "result.json"))
+    m = rec["metrics"]
     assert 0.0 <= m["mAP"] <= 1.0 and 0.0 <= m["rank1"] <= 1.0 and m["epochs"] == 4 and m["seconds"] > 0
-    # tracker: params once, one batched log_metrics per epoch (+ the final one), metrics.json
-    assert tracker.params["train.lr"] == 2e-3
+    assert rec["key"] == tjob(tiny_config(root)).key and rec["kind"] == "teacher"
+    assert rec["files"] == {"checkpoint": result.checkpoint} and rec["job"]["recipe"]["lr"] == 2e-3
+    # tracker: the job's fields once, one batched log_metrics per epoch (+ the final one); nothing uploaded
+    assert tracker.params["recipe.lr"] == 2e-3 and tracker.params["model.in_planes"] == 8
     epochs = [s for s, m in tracker.metrics if "teacher/loss" in m]
     assert epochs == [1, 2, 3, 4]
     assert {"teacher/lr", "teacher/images_per_s", "teacher/loss_tri"} <= set(tracker.metrics[0][1])
-    assert [os.path.basename(p) for p, _ in tracker.artifacts] == ["metrics.json"]  # the caller uploads checkpoints
+    assert tracker.artifacts == []  # the caller (a pipeline stage) uploads what it wants
 
 
 def test_finished_run_returns_at_once(root: str, teacher_run) -> None:  # noqa: ANN001
@@ -116,7 +141,7 @@ def test_finished_run_returns_at_once(root: str, teacher_run) -> None:  # noqa: 
     result, out, _ = teacher_run
     before = os.path.getmtime(result.checkpoint)
     tracker = MemoryTracker()
-    again = train_teacher(tiny_config(root), "synth_a", out, tracker=tracker)
+    again = train_teacher(tjob(tiny_config(root)), out, run=CPU, tracker=tracker)
     assert again.checkpoint == result.checkpoint and os.path.getmtime(result.checkpoint) == before
     assert again.metrics["mAP"] == pytest.approx(result.metrics["mAP"]) and len(again.history) == 4
     assert tracker.metrics == []
@@ -130,7 +155,7 @@ def test_refine_chain_then_finetune_students(root: str, teacher_run, tmp_path) -
 
     cfg = tiny_config(root)
     teacher_ckpt = teacher_run[0].checkpoint
-    res = refine_chain(cfg, teacher_ckpt, 4, str(tmp_path / "chain"))
+    res = refine_chain(cjob(cfg, teacher_ckpt), teacher_ckpt, str(tmp_path / "chain"), run=CPU)
     _went_down(res.history)
     assert {"loss_t_id", "loss_s_tri", "loss_refine"} <= set(res.history[0])
     assert res.checkpoint == str(tmp_path / "chain" / "chain.pt")
@@ -147,24 +172,20 @@ def test_refine_chain_then_finetune_students(root: str, teacher_run, tmp_path) -
     num_classes = original.num_classes
     init = str(tmp_path / "init.pt")
     save_model(init, expand(chain, spec, num_classes), "student")
-    st = finetune_student(cfg, init, "synth_a", str(tmp_path / "student"), seed=0)
+    st = finetune_student(fjob(cfg, init), init, str(tmp_path / "student"), run=CPU)
     before = _fixed_batch_loss(cfg, init)
     assert _fixed_batch_loss(cfg, st.checkpoint) < before
     assert load_checkpoint(st.checkpoint, kind="student")["extra"]["seed"] == 0
 
     aux = KDPPLoss(refined, cfg.baselines.kdpp, spec.feat_dim, refined.spec.feat_dim)
     proj0 = aux.projector[2].weight.detach().clone()
-    kd = finetune_student(cfg, init, "synth_a", str(tmp_path / "kdpp"), seed=0, aux=aux)
+    kd = finetune_student(fjob(cfg, init), init, str(tmp_path / "kdpp"), run=CPU, aux=aux)
     assert _fixed_batch_loss(cfg, kd.checkpoint) < before
     assert {"loss_aux_kd", "loss_aux_nd"} <= set(kd.history[0])
     assert not torch.equal(aux.projector[2].weight, proj0)  # the projector is optimised too
 
-    one = dataclasses.replace(
-        cfg,
-        students=dataclasses.replace(cfg.students, epochs=1),
-        train=dataclasses.replace(cfg.train, ids_per_batch=4),
-    )
-    few = finetune_student(one, init, "synth_a", str(tmp_path / "few"), seed=1, few_shot=0.5)
+    one = tiny_config(root, "students.epochs=1", "train.ids_per_batch=4")
+    few = finetune_student(fjob(one, init, seed=1, few_shot=0.5), init, str(tmp_path / "few"), run=CPU)
     assert load_model(few.checkpoint)[0].num_classes < num_classes
 
 
@@ -172,7 +193,8 @@ def test_cluster_only_chain(root: str, teacher_run, tmp_path) -> None:  # noqa: 
     from oskt.models import load_model
     from oskt.train import refine_chain
 
-    res = refine_chain(tiny_config(root, "chain.epochs=0"), teacher_run[0].checkpoint, 4, str(tmp_path))
+    ckpt = teacher_run[0].checkpoint
+    res = refine_chain(cjob(tiny_config(root, "chain.epochs=0"), ckpt), ckpt, str(tmp_path), run=CPU)
     assert res.history == [] and os.path.exists(res.checkpoint)
     refined, _ = load_model(str(tmp_path / "teacher_refined.pt"))
     original, _ = load_model(teacher_run[0].checkpoint)
@@ -203,7 +225,7 @@ def test_cli_train_teacher(root: str, tmp_path, capsys) -> None:  # noqa: ANN001
     assert (
         meta["extra"]["dataset"] == "synth_a"
         and meta["config"]["data"]["val_ids"] == 4
-        and meta["config"]["teacher"]["lr"] == 0.01
+        and meta["config"]["recipe"]["lr"] == 0.01
     )
     lr = [json.loads((d / "history.json").read_text())[0]["lr"] for d in (tmp_path, val)]
     train_lr = load_config(profile="smoke").train.lr
@@ -229,16 +251,16 @@ def test_vit_recipe_teacher_refine_student(root: str, tmp_path) -> None:  # noqa
             "compute.device=cpu",
         ],
     )
-    t = train_teacher(cfg, "synth_a", str(tmp_path / "t"))
+    t = train_teacher(teacher_job(cfg, "synth_a"), str(tmp_path / "t"), run=CPU)
     assert "loss_center" not in t.history[0] and t.history[0]["lr"] < 0.01  # cosine (t=1 of 1), no center loss
-    c = refine_chain(cfg, t.checkpoint, 48, str(tmp_path / "c"))
+    c = refine_chain(chain_job(cfg, teacher_job(cfg, "synth_a"), 48), t.checkpoint, str(tmp_path / "c"), run=CPU)
     assert {"loss_refine", "loss_s_tri"} <= set(c.history[0])
     from oskt.chain import load_chain
 
     spec = parse_spec("vit72", "vit_small", img_size=(32, 16), drop_path=0.0)
     init = str(tmp_path / "init.pt")
     save_model(init, expand(load_chain(c.checkpoint), spec, 12), "student")
-    s = finetune_student(cfg, init, "synth_a", str(tmp_path / "s"), seed=0)
+    s = finetune_student(fjob(cfg, init), init, str(tmp_path / "s"), run=CPU)
     assert 0.0 <= s.metrics["mAP"] <= 1.0
 
 
@@ -255,11 +277,13 @@ def test_refine_chain_resumes_exactly(root: str, teacher_run, tmp_path) -> None:
         if epoch == 1:
             raise _Killed
 
-    full = refine_chain(cfg, teacher_run[0].checkpoint, 4, str(tmp_path / "full"))
+    ckpt = teacher_run[0].checkpoint
+    job = cjob(cfg, ckpt)
+    full = refine_chain(job, ckpt, str(tmp_path / "full"), run=CPU)
     with pytest.raises(_Killed):
-        refine_chain(cfg, teacher_run[0].checkpoint, 4, str(tmp_path / "cut"), callbacks=[kill])
+        refine_chain(job, ckpt, str(tmp_path / "cut"), run=CPU, callbacks=[kill])
     assert load_checkpoint(str(tmp_path / "cut" / "last.pt"), kind="train_state")["extra"]["epoch"] == 1
-    cut = refine_chain(cfg, teacher_run[0].checkpoint, 4, str(tmp_path / "cut"))
+    cut = refine_chain(job, ckpt, str(tmp_path / "cut"), run=CPU)
     assert [h["loss"] for h in cut.history] == [h["loss"] for h in full.history]
     for name in ("chain.pt", "teacher_refined.pt"):
         a = load_checkpoint(str(tmp_path / "full" / name))["state_dict"]
@@ -268,38 +292,42 @@ def test_refine_chain_resumes_exactly(root: str, teacher_run, tmp_path) -> None:
 
 
 def test_a_folder_of_another_config_is_trained_again(root: str, teacher_run, tmp_path) -> None:  # noqa: ANN001
-    """A finished run or a ``last.pt`` is reused only by the config (and inputs) that made it: changing
-    ``students.lr`` and running into the same folder trains again, at the new rate, from epoch 1."""
+    """A finished run or a ``last.pt`` is reused only by the job (its key) that made it: changing ``students.lr``
+    and running into the same folder trains again, at the new rate, from epoch 1."""
     from oskt.chain import expand, load_chain
     from oskt.models import save_model
     from oskt.models.spec import parse_spec
     from oskt.train import finetune_student, refine_chain
 
     cfg = tiny_config(root)
-    chain = refine_chain(cfg, teacher_run[0].checkpoint, 4, str(tmp_path / "chain"))
+    ckpt = teacher_run[0].checkpoint
+    chain = refine_chain(cjob(cfg, ckpt), ckpt, str(tmp_path / "chain"), run=CPU)
     init = str(tmp_path / "init.pt")
     spec = parse_spec("r4-2-4-8", img_size=(cfg.data.height, cfg.data.width))
     save_model(init, expand(load_chain(chain.checkpoint), spec, 12), "student")
     out = str(tmp_path / "student")
-    first = finetune_student(cfg, init, "synth_a", out, seed=0)
-    assert finetune_student(cfg, init, "synth_a", out, seed=0).history == first.history  # same config: reused
+    job = fjob(cfg, init)
+    first = finetune_student(job, init, out, run=CPU)
+    assert finetune_student(job, init, out, run=CPU).history == first.history  # same job: reused
 
     def kill(epoch: int, record: dict) -> None:
         if epoch == 1:
             raise _Killed
 
-    faster = dataclasses.replace(cfg, students=dataclasses.replace(cfg.students, lr=cfg.train.lr * 4))
+    faster = fjob(tiny_config(root, f"students.lr={cfg.train.lr * 4}"), init)
+    assert faster.key != job.key
     with pytest.raises(_Killed):  # not the finished run of the old rate: trains, and leaves a last.pt at epoch 2
-        finetune_student(faster, init, "synth_a", out, seed=0, callbacks=[kill])
+        finetune_student(faster, init, out, run=CPU, callbacks=[kill])
     assert load_checkpoint(os.path.join(out, "last.pt"), kind="train_state")["extra"]["epoch"] == 1
-    # the old rate's finished run is still whole: returned as it is
-    assert finetune_student(cfg, init, "synth_a", out, seed=0).history == first.history
+    # the old rate's finished run is still whole: returned as it is (and the faster job's last.pt is kept)
+    assert finetune_student(job, init, out, run=CPU).history == first.history
+    assert os.path.exists(os.path.join(out, "last.pt"))
     # the faster run continues its own last.pt, at 4x the rate
-    done = finetune_student(faster, init, "synth_a", out, seed=0)
+    done = finetune_student(faster, init, out, run=CPU)
     assert [h["lr"] for h in done.history] == pytest.approx([4 * h["lr"] for h in first.history])
-    # a last.pt of another config is not continued: the old rate starts over and trains exactly like the first run
+    # a last.pt of another job is not continued: the old rate starts over and trains exactly like the first run
     other = str(tmp_path / "other")
     with pytest.raises(_Killed):
-        finetune_student(faster, init, "synth_a", other, seed=0, callbacks=[kill])
-    over = finetune_student(cfg, init, "synth_a", other, seed=0)
+        finetune_student(faster, init, other, run=CPU, callbacks=[kill])
+    over = finetune_student(job, init, other, run=CPU)
     assert [h["loss"] for h in over.history] == [h["loss"] for h in first.history]

@@ -18,6 +18,8 @@ pytestmark = pytest.mark.slow
 SCRIPT = r"""
 import json, os, sys
 from oskt.config import load_config
+from oskt.jobs import RunOptions
+from oskt.pipeline.graph import finetune_job
 from oskt.train import finetune_student
 
 overrides, init, out, kill_after = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -28,7 +30,8 @@ def killer(epoch, record):
         os._exit(1)  # as abrupt as a killed worker: no cleanup, no final checkpoint
 
 cfg = load_config(profile="smoke", overrides=overrides)
-finetune_student(cfg, init, "synth_a", out, seed=3, callbacks=[killer])
+job = finetune_job(cfg, "synth_a", upstream="init", seed=3)
+finetune_student(job, init, out, run=RunOptions(device="cpu"), callbacks=[killer])
 """
 
 
@@ -82,5 +85,68 @@ def test_killed_run_resumes_bit_exact(tmp_path) -> None:  # noqa: ANN001
         assert torch.equal(a[k], b[k]), k
     ha, hb = io.read_json(os.path.join(full, "history.json")), io.read_json(os.path.join(cut, "history.json"))
     assert [h["loss"] for h in ha] == [h["loss"] for h in hb]
-    ma, mb = io.read_json(os.path.join(full, "metrics.json")), io.read_json(os.path.join(cut, "metrics.json"))
+    ma, mb = (io.read_json(os.path.join(d, "result.json"))["metrics"] for d in (full, cut))
     assert ma["mAP"] == mb["mAP"] and ma["rank1"] == mb["rank1"]
+
+
+def test_sigkill_mid_epoch_through_the_cli_resumes_to_the_same_teacher(tmp_path) -> None:  # noqa: ANN001
+    """`oskt train teacher` killed with SIGKILL in the middle of an epoch (not at its end): the rerun continues from
+    the last finished epoch's last.pt and ends with the weights of an uninterrupted run."""
+    import signal
+    import time
+
+    from oskt.config import load_config
+    from oskt.data import make_synthetic
+
+    root = str(tmp_path / "data")
+    sets = [
+        "--profile",
+        "smoke",
+        "--set",
+        f"data.root={root}",
+        "--set",
+        "teacher.epochs=30",
+        "--set",
+        "train.max_iters_per_epoch=4",
+        "--set",
+        "compute.device=cpu",
+        "--set",
+        "compute.num_threads=1",
+    ]
+    cfg = load_config(profile="smoke", overrides=[f"data.root={root}"])
+    make_synthetic(io.join(root, "synth_a"), cfg.data.synthetic, "a")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(oskt.__file__)))
+
+    def train(out: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "oskt", "train", "teacher", "-o", out, *sets],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    assert train(full).wait(timeout=600) == 0
+    proc = train(cut)
+    last = os.path.join(cut, "last.pt")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (os.path.exists(last) and os.path.getsize(last) > 0):
+        time.sleep(0.05)
+    mtime = os.path.getmtime(last)
+    time.sleep(0.15)  # inside the next epoch (an epoch here takes well over 0.15 s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    from oskt.checkpoint import load_checkpoint
+
+    epoch = load_checkpoint(last, kind="train_state")["extra"]["epoch"]
+    assert not os.path.exists(os.path.join(cut, "result.json")) and 0 <= epoch < 29
+    rerun = train(cut)
+    out = rerun.communicate(timeout=600)[0]
+    assert rerun.returncode == 0, out[-3000:]
+    assert f"resuming from {last} after epoch" in out and os.path.getmtime(os.path.join(cut, "teacher.pt")) > mtime
+    a = torch.load(os.path.join(full, "teacher.pt"), weights_only=True)["state_dict"]
+    b = torch.load(os.path.join(cut, "teacher.pt"), weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not os.path.exists(last)

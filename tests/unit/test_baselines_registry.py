@@ -1,4 +1,5 @@
-"""Every init method (oskt, scratch, wtsel, kdpp, depgraph) gives the spec's exact architecture (SPEC.md §5.1).
+"""Every init method (oskt, scratch, wtsel, kdpp, depgraph, ofa, rsd) gives the spec's exact architecture (SPEC.md
+§5.1).
 
 A reduced ResNet teacher (r32-2-4-8, chains 8 / 16, students S1..S4) and a ViT-S teacher (chain 120, students 120 /
 168 and a plain-stem 120) keep this fast; the full-size parameter-count equality (teacher T, chains 8 / 16 / 32,
@@ -19,15 +20,24 @@ from oskt.chain import build_chain, expand, load_chain, save_chain
 from oskt.config import BaselinesConfig, WTSelConfig
 from oskt.errors import ConfigError, OsktError, SpecError
 from oskt.models import ModelSpec, build_model, count_params, load_model, parse_spec, save_model
+from oskt.train.distill import OFALoss, RSDLoss
 from oskt.train.kd import KDPPLoss
 
-METHODS = ("oskt", "scratch", "wtsel", "kdpp", "depgraph")
+METHODS = ("oskt", "scratch", "wtsel", "kdpp", "depgraph", "ofa", "rsd")
+AUX = {"kdpp": KDPPLoss, "ofa": OFALoss, "rsd": RSDLoss}
 RES_SIZE = (64, 32)
 VIT_SIZE = (32, 16)
 RES_T = ModelSpec(arch="resnet50", in_planes=32, multipliers=(2, 4, 8), img_size=RES_SIZE)
 VIT_T = ModelSpec(arch="vit_small", img_size=VIT_SIZE, drop_path=0.0)
 TEACHER_CLASSES = 7
 NUM_CLASSES = 5
+
+
+def _classes(method: str) -> int:
+    """OFA distils logits: its student classifies the teacher's identities; the others get a target's."""
+    return TEACHER_CLASSES if method == "ofa" else NUM_CLASSES
+
+
 RES_STUDENTS = {n: parse_spec(n, img_size=RES_SIZE) for n in ("S1", "S2", "S3", "S4")}
 RES_CHAIN_OF = {"S1": 8, "S2": 8, "S3": 16, "S4": 16}  # widest chain whose S-Student fits every layer
 VIT_STUDENTS = {
@@ -102,15 +112,16 @@ def init_cached(families):  # noqa: ANN201 - (method, family, student name) -> I
     def get(method: str, family: str, name: str) -> InitResult:
         key = (method, family, name)
         if key not in cache:
-            cache[key] = INIT_METHODS.get(method)(families[family]["ctx"], students[family][name], NUM_CLASSES)
+            cache[key] = INIT_METHODS.get(method)(families[family]["ctx"], students[family][name], _classes(method))
         return cache[key]
 
     return get
 
 
 def _check_student(result: InitResult, spec: ModelSpec, size: tuple[int, int]) -> None:
+    num_classes = _classes(result.info["method"])
     with torch.device("meta"):
-        ref = build_model(spec, NUM_CLASSES)
+        ref = build_model(spec, num_classes)
     model = result.model
     assert isinstance(result, InitResult) and model.spec == spec
     have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -120,12 +131,12 @@ def _check_student(result: InitResult, spec: ModelSpec, size: tuple[int, int]) -
     assert {n: p.requires_grad for n, p in model.named_parameters()} == {
         n: p.requires_grad for n, p in ref.named_parameters()
     }
-    assert model.training and model.num_classes == NUM_CLASSES
+    assert model.training and model.num_classes == num_classes
     x = torch.randn(4, 3, *size)
     model = copy.deepcopy(model)  # a training-mode forward updates BN running statistics of the cached result
     with torch.no_grad():
         logits, feat = model(x)
-        assert logits.shape == (4, NUM_CLASSES) and feat.shape == (4, spec.feat_dim)
+        assert logits.shape == (4, num_classes) and feat.shape == (4, spec.feat_dim)
         assert torch.isfinite(logits).all() and torch.isfinite(feat).all()
         model.eval()
         assert torch.isfinite(model(x)).all()
@@ -133,9 +144,11 @@ def _check_student(result: InitResult, spec: ModelSpec, size: tuple[int, int]) -
     assert result.info["method"] in METHODS and result.info["seconds"] >= 0
 
 
-def test_registry_holds_the_five_methods() -> None:
-    assert INIT_METHODS.names() == sorted(METHODS)
-    with pytest.raises(OsktError, match="known: depgraph, kdpp, oskt, scratch, wtsel"):
+def test_registry_holds_the_seven_methods() -> None:
+    from oskt.config import METHODS as CONFIG_METHODS
+
+    assert INIT_METHODS.names() == sorted(METHODS) == sorted(CONFIG_METHODS)
+    with pytest.raises(OsktError, match="known: depgraph, kdpp, ofa, oskt, rsd, scratch, wtsel"):
         INIT_METHODS.get("lottery")
 
 
@@ -144,7 +157,9 @@ def test_resnet_students_have_the_spec_architecture(init_cached, method: str) ->
     for name, spec in RES_STUDENTS.items():
         result = init_cached(method, "resnet", name)
         _check_student(result, spec, RES_SIZE)
-        assert (result.aux is not None) == (method == "kdpp")
+        assert (result.aux is not None) == (method in AUX)
+        if method in AUX:
+            assert isinstance(result.aux, AUX[method])
         if method == "oskt":
             assert result.info["chain_width"] == RES_CHAIN_OF[name]
 
@@ -162,7 +177,7 @@ def test_vit_students_have_the_spec_architecture(init_cached, method: str) -> No
 def test_student_wider_than_the_teacher_is_a_spec_error(families, method: str) -> None:
     wide = parse_spec("S6", img_size=RES_SIZE)  # stem 64 > the reduced teacher's 32
     with pytest.raises(SpecError, match="wider|fit"):
-        INIT_METHODS.get(method)(families["resnet"]["ctx"], wide, NUM_CLASSES)
+        INIT_METHODS.get(method)(families["resnet"]["ctx"], wide, _classes(method))
 
 
 def test_student_narrower_than_every_chain_is_a_spec_error(families) -> None:
@@ -174,7 +189,7 @@ def test_student_narrower_than_every_chain_is_a_spec_error(families) -> None:
         init_student("oskt", families["vit"]["ctx"], vit_narrow, NUM_CLASSES)
 
 
-@pytest.mark.parametrize("method", ["wtsel", "kdpp", "depgraph", "oskt"])
+@pytest.mark.parametrize("method", ["wtsel", "kdpp", "depgraph", "oskt", "ofa", "rsd"])
 def test_missing_inputs_are_config_errors(method: str) -> None:
     with pytest.raises(ConfigError, match="teacher_ckpt|chain_ckpts"):
         init_student(method, InitContext(), RES_STUDENTS["S1"], NUM_CLASSES)
@@ -300,6 +315,8 @@ def test_full_size_resnet_param_counts_are_equal_for_every_method(tmp_path: Path
         spec = parse_spec(name, img_size=RES_SIZE)
         want = count_params(build_model(spec, NUM_CLASSES))
         for method in METHODS:
+            if method == "ofa":  # the teacher's classes: another head size, same backbone
+                continue
             result = init_student(method, ctx, spec, NUM_CLASSES)
             assert count_params(result.model) == want, (name, method)
 
@@ -311,3 +328,8 @@ def test_context_from_config() -> None:
     ctx = InitContext.from_config(cfg, teacher_ckpt="t.pt", chain_ckpts=["c8.pt", "c16.pt"], seed=4)
     assert ctx.baselines == cfg.baselines and ctx.chain_ckpts == ("c8.pt", "c16.pt")
     assert ctx.example_input_size == (cfg.data.height, cfg.data.width) and ctx.seed == 4
+    assert ctx.finetune_epochs == cfg.students.epochs  # KD++ clips its warm-up to the fine-tune
+    distil = InitContext.from_config(cfg, teacher_ckpt="t.pt", finetune_epochs=7)
+    assert distil.finetune_epochs == 7
+    with pytest.raises(ConfigError, match="finetune_epochs=0"):
+        InitContext(finetune_epochs=0)

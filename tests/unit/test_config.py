@@ -176,14 +176,18 @@ def test_compute_num_threads_is_honoured_by_cli_commands() -> None:
 
 
 def test_phase_learning_rates_fall_back_as_documented() -> None:
+    from oskt.pipeline.graph import jobs_from_config
+
+    def rates(cfg):  # noqa: ANN001, ANN202
+        g = jobs_from_config(cfg)
+        return g.teachers["synth_a"].recipe.lr, g.chains[("synth_a", 8)].recipe.lr, g.cells[0].recipe.lr
+
     base = load_config(profile="smoke", overrides=["teacher.lr=null"])
-    assert {base.phase_lr(p) for p in ("teacher", "chain", "students")} == {base.train.lr}
+    assert set(rates(base)) == {base.train.lr}
     t = with_overrides(base, ["teacher.lr=0.01"])  # refinement goes on training the teacher: its rate
-    assert (t.phase_lr("teacher"), t.phase_lr("chain"), t.phase_lr("students")) == (0.01, 0.01, base.train.lr)
+    assert rates(t) == (0.01, 0.01, base.train.lr)
     own = with_overrides(t, ["chain.lr=0.002", "students.lr=0.003"])
-    assert (own.phase_lr("chain"), own.phase_lr("students")) == (0.002, 0.003)
-    with pytest.raises(ValueError, match="unknown training phase 'kd'"):
-        own.phase_lr("kd")
+    assert rates(own) == (0.01, 0.002, 0.003)
 
 
 def test_sigterm_unwinds_a_command_like_ctrl_c(tmp_path) -> None:

@@ -146,7 +146,9 @@ def test_csv_layout(tmp_path: Path) -> None:
         "path,pid,camid,split\nimgs/a.jpg,3,0,train\nimgs/b.jpg,3,1,train\n/abs/c.jpg,9,0,query\n"
         "imgs/d.jpg,9,1,gallery\nimgs/e.jpg,-1,1,gallery\n"
     )
-    ds = load_layout(str(csv))
+    with pytest.raises(DataError, match="line 4: path '/abs/c.jpg' resolves outside"):
+        load_layout(str(csv))  # rows stay inside the CSV's folder unless data.allow_outside_root (issue #17)
+    ds = load_layout(str(csv), allow_outside_root=True)
     assert detect_layout(str(csv)) == "csv"
     assert ds.train[0].path == str(tmp_path / "imgs" / "a.jpg") and ds.query[0].path == "/abs/c.jpg"
     assert len(ds.gallery) == 1 and ds.train[0].pid == 0

@@ -78,12 +78,17 @@ def test_skip_when_complete_and_force(tmp_path: Path) -> None:
     assert is_complete(path, TINY, "a") and not is_complete(path, TINY, "b")
     make_synthetic(path, TINY, "a")
     assert marker.exists()  # untouched: same config
+    with pytest.raises(DataError, match="marker.txt"):  # a file oskt did not write is never deleted (issue #17)
+        make_synthetic(path, TINY, "a", force=True)
+    assert marker.read_text() == "kept"
+    marker.unlink()
+    inode = os.stat(path).st_ino
     make_synthetic(path, TINY, "a", force=True)
-    assert not marker.exists()
+    assert os.stat(path).st_ino != inode and is_complete(path, TINY, "a")  # regenerated: a new folder swapped in
     bigger = SynthConfig(**{**TINY.__dict__, "train_ids": 6})
     make_synthetic(path, bigger, "a")
     assert load_layout(path).num_train_pids == 6
-    assert not os.path.exists(path + ".partial")
+    assert os.listdir(tmp_path) == ["s"]  # no temporary folder left beside it
 
 
 def test_bad_domain() -> None:

@@ -56,3 +56,32 @@ def test_expand_errors_exit_2(tmp_path, chains: list[str], capsys) -> None:
     assert "wider than the teacher" in capsys.readouterr().err
     assert main(["expand", "--chain", chains[1], "--dim", "48", "-o", out]) == 2
     assert main(["expand", "--chain", str(tmp_path / "missing.pt"), "--student", "S1", "-o", out]) == 2
+
+
+def test_expand_corrupt_chain_labels_one_error_line_in_a_subprocess(tmp_path) -> None:
+    """A chain checkpoint whose labels leave a cluster empty (edited by hand): exit 2, one ``oskt: error:`` line
+    naming the partition, no student written."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    chain = build_chain(build_model(RES_T, 5), 2, init="random")
+    chain.label("stem").fill_(0)
+    path = save_chain(str(tmp_path / "bad.pt"), chain)
+    out = tmp_path / "s.pt"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "oskt", "expand", "--chain", path, "--student", "r3-2-4-8", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("oskt: error:"), r.stderr
+    assert "labels of stem" in lines[0] and "non-empty" in lines[0]
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt"]
+    assert torch.load(path, weights_only=True)  # the chain checkpoint itself is untouched and loadable

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from oskt.chain import WeightChain, build_chain, expand, expand_from_chains
-from oskt.chain.expand import allocations
+from oskt.chain.allocation import allocations
 from oskt.errors import SpecError
 from oskt.models import ModelSpec, build_model, count_params, parse_spec
 

@@ -8,13 +8,13 @@ import io
 import pytest
 
 from oskt.config import load_config
-from oskt.pipeline.grid import grid_cells
+from oskt.pipeline.graph import jobs_from_config
 from oskt.pipeline.reporting import METHOD_NAMES, aggregate, plot, to_csv, to_markdown
 
 
 def _found(cfg) -> dict:  # noqa: ANN001
     out = {}
-    for c in grid_cells(cfg):
+    for c in jobs_from_config(cfg).cells:
         bonus = 0.1 if c.method == "oskt" else 0.0
         out[c] = {"mAP": 0.3 + bonus + 0.01 * c.seed, "rank1": 0.5 + bonus, "params": 1.5e6, "macs": 2.0e8}
     return out
@@ -41,8 +41,8 @@ def test_missing_cells_are_shown_not_hidden() -> None:
     found = _found(cfg)
     gone = next(c for c in found if c.method == "kdpp")
     del found[gone]
-    md = to_markdown(cfg, aggregate(found), [gone])
-    assert "—" in md and gone.name in md
+    md = to_markdown(cfg, aggregate(found), [gone.label])
+    assert "—" in md and gone.label in md
 
 
 def test_plots_are_png() -> None:
@@ -77,13 +77,13 @@ def test_ablation_configs_are_recorded_and_found(tmp_path) -> None:  # noqa: ANN
 
     cfg = load_config(profile="smoke", overrides=[f"compute.out_dir={tmp_path}/out"])
     teacher = Paths(cfg.compute.out_dir).teacher_dir(cfg.data.sources[0])
-    oio.write_json_atomic(oio.join(teacher, "result.json"), {"fingerprint": "abc", "checkpoint": "x"})
+    oio.write_json_atomic(oio.join(teacher, "result.json"), {"key": "abc", "files": {"checkpoint": "x"}})
     acfg = prepare_ablation(cfg, "cosine", ["chain.metric=cosine"])
     assert acfg.chain.metric == "cosine" and acfg.students.methods == ("oskt",)
     assert acfg.compute.out_dir == f"{tmp_path}/out/ablations/cosine"
     assert acfg.teacher == cfg.teacher and acfg.students.names == cfg.students.names
     copied = Paths(acfg.compute.out_dir).teacher_dir(cfg.data.sources[0])
-    assert oio.read_json(oio.join(copied, "result.json"))["fingerprint"] == "abc"  # the main teacher is reused
+    assert oio.read_json(oio.join(copied, "result.json"))["key"] == "abc"  # the main teacher is reused
     assert find_ablations(cfg) == {"cosine": acfg}
     with pytest.raises(ConfigError, match="no --set"):
         ablation_config(cfg, "empty", [])
