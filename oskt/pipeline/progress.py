@@ -52,6 +52,15 @@ class GridProgress:
 
             self._bar = tqdm(total=total, unit="cell", desc="grid", leave=False, dynamic_ncols=True)
 
+    def __getstate__(self) -> dict[str, object]:
+        # Prefect ships the grid flow's context, closure included, to every Ray worker: the copy there is never
+        # called, and a stream (pytest's capture, a log file) or a tqdm bar cannot be pickled
+        return {**self.__dict__, "stream": None, "_bar": None}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self.stream = sys.stdout
+
     def line(self, r: CellResult) -> str:
         """The line of a finished cell."""
         t = r.tags

@@ -19,6 +19,7 @@ from oskt.pipeline.rehearsal import (
     REHEARSAL_PROFILES,
     rehearsal_config,
     rehearsal_overrides,
+    report_gaps,
     small_overrides,
     standin_sizes,
     update_record,
@@ -94,16 +95,20 @@ def test_bad_rehearsal_arguments_are_one_clear_error(kwargs: dict, match: str) -
 
 
 def test_standins_are_written_where_the_config_reads_them_and_fill_a_batch(tmp_path) -> None:  # noqa: ANN001
-    cfg = rehearsal_config("paper", str(tmp_path), small=True)
+    from oskt.config import InputConfig
+    from oskt.data import build_train_loader, load_dataset
+
+    cfg = rehearsal_config("paper", str(tmp_path), small=True, iters=2)
     made = write_standins(cfg)
     assert set(made) == {"market1501", "cuhk03"}
     sizes = standin_sizes(cfg)
+    recipe = jobs_from_config(cfg).teachers["market1501"].recipe
     for name in made:
-        from oskt.data import load_dataset
-
         ds = load_dataset(name, cfg.data)  # the real parser, where data.datasets expects the real set
         assert ds.num_train_pids == sizes["ids"] > cfg.train.ids_per_batch
         assert ds.query and ds.gallery
+        # the P×K sampler's epoch holds the phase's iterations (fewer ids gave MSMT17 / CUHK03-NP one batch)
+        assert len(build_train_loader(ds.train, InputConfig.of(cfg.data), recipe, "resnet", 0)) >= 2
     again = write_standins(cfg)  # complete identical stand-ins are kept
     assert not any(v["generated"] for v in again.values())
 
@@ -120,6 +125,31 @@ def test_a_used_data_set_without_a_standin_layout_is_an_error(tmp_path) -> None:
     with pytest.raises(ConfigError, match="cuhk03.layout='folder'"):
         write_standins(cfg)
     assert not os.path.exists(tmp_path / "data" / "CUHK03-NP")
+
+
+def test_report_gaps_name_every_empty_entry() -> None:
+    md = "\n".join(
+        [
+            "# OSKT comparison (paper profile)",
+            "## market1501 → market1501",
+            "| Method | S1 (0.37M, 72.0M) | S2 |",
+            "|---|---|---|",
+            "| OSKT | 10.0/20.0 | — |",
+            "| KD++ | 1.0/2.0 | 3.0/4.0 |",
+            "## msmt17 → cuhk03",
+            "| Method | S1 | S2 |",
+            "|---|---|---|",
+            "| OFA-KD | — | — |",
+            "Missing from MLflow (3 cells): a, b, c",
+        ]
+    )
+    assert report_gaps(md) == [
+        "market1501 → market1501 / OSKT / column 2",
+        "msmt17 → cuhk03 / OFA-KD / column 1",
+        "msmt17 → cuhk03 / OFA-KD / column 2",
+        "Missing from MLflow (3 cells)",
+    ]
+    assert report_gaps(md.replace("—", "5.0/6.0").replace("Missing from MLflow", "")) == []
 
 
 # ------------------------------------------------------------------------------------------------ cost
@@ -171,7 +201,8 @@ def test_cost_rows_follow_from_the_measurements_and_the_real_data_sizes(tmp_path
     assert t.full_eval_images == evals * (m.query + m.gallery)
     gpu_s = iters * 0.010 + 2 * (batch * iters * 3 * macs + t.full_eval_images * macs) / 50e12
     assert math.isclose(t.gpu_hours, gpu_s / 3600)
-    cpu_train_s = iters * 3.0 * cfg.compute.num_threads
+    assert t.measured_batch == cfg.train.batch_size < batch  # the small rehearsal's 4 x 2 batch, scaled by images
+    cpu_train_s = iters * 3.0 * (batch / cfg.train.batch_size) * cfg.compute.num_threads
     assert cpu_train_s / 3600 < t.cpu_core_hours < 1.5 * cpu_train_s / 3600  # + evaluation at the same s/MAC
     assert t.peak_rss_mib == 100.0
     # a measured cell: its source distillation measured apart; unmeasured kinds are nan, their GPU-hours counted
@@ -190,6 +221,8 @@ def test_a_distiller_costs_the_teacher_forward_and_its_source_phase(tmp_path) ->
     assert kd.full_iters > sc.full_iters  # + the source distillation epochs of the cross-scenario cells
     rsd = rows[("cell", "S1 rsd")]  # distils during the fine-tune: the teacher's forward on every image
     assert rsd.train_macs_per_image > sc.train_macs_per_image and rsd.full_iters == sc.full_iters
+    # KD++ distils during the fine-tune in M→M only (a source phase across data sets): its mean lies between
+    assert sc.train_macs_per_image < kd.train_macs_per_image < rsd.train_macs_per_image
 
 
 def test_cost_table_round_trips_and_renders(tmp_path) -> None:  # noqa: ANN001
@@ -260,3 +293,9 @@ def test_rehearse_bad_iters_is_one_error_before_anything_is_written(tmp_path) ->
     r = _cli("--profile", "paper", "--iters", "0", "--out", str(tmp_path / "r"), cwd=str(tmp_path))
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("oskt: error: rehearsal iters=0")
     assert not os.path.exists(tmp_path / "r")
+
+
+def test_rehearse_no_run_needs_a_finished_rehearsal(tmp_path) -> None:  # noqa: ANN001
+    r = _cli("--profile", "paper", "--no-run", "--out", str(tmp_path / "none"), cwd=str(tmp_path))
+    assert r.returncode == 2 and "holds no rehearsal" in r.stderr.strip().splitlines()[-1]
+    assert not os.path.exists(tmp_path / "none")
