@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -23,8 +24,8 @@ import sys
 import time
 
 from oskt import io
-from oskt.cli.common import add_config_args, config_from_args, run_guarded, setup_logging
-from oskt.config import PROFILES, Config, dump_config, load_config, read_params
+from oskt.cli.common import add_config_args, add_set_arg, config_from_args, run_guarded, setup_logging
+from oskt.config import PROFILES, Config, dump_config, load_config, read_params, write_resolved
 from oskt.errors import OsktError
 
 log = logging.getLogger("oskt.pipeline")
@@ -49,6 +50,7 @@ def run_stage(args: argparse.Namespace) -> int:
     cfg = _config(args)
     no_telemetry()
     preflight(cfg)
+    write_resolved(cfg, cfg.compute.out_dir)  # the whole resolved config next to the jobs it made
     paths, target, run = Paths(cfg.compute.out_dir), stage_target(cfg), run_options(cfg)
     graph = jobs_from_config(cfg)
     name = args.stage
@@ -250,14 +252,7 @@ def _print_where(cfg: Config, report: str) -> None:
 def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default=None, help="params file (default params.yaml; written for --profile if missing)")
     p.add_argument("--profile", choices=PROFILES, default=None, help="profile for a new params file (default quick)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key (prefect orchestrator or --ablation only)",
-    )
+    add_set_arg(p, "prefect orchestrator or --ablation only")
     p.add_argument(
         "--ablation",
         default=None,
@@ -312,7 +307,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "iterations per phase) through DVC → Prefect → Ray → MLflow in its own workspace, then its cost table.",
     )
     add_rehearse_args(r)
-    r.set_defaults(func=run_rehearsal)
+    r.set_defaults(func=functools.partial(run_rehearsal, run_group=run_group))
 
 
 def main(argv: list[str] | None = None) -> int:

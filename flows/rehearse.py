@@ -28,7 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from oskt import io
@@ -90,6 +90,28 @@ def check_root(root: str) -> None:
         raise OsktError(f"--out {root} is a file, expected a folder")
 
 
+def _marker(root: str) -> dict[str, Any]:
+    path = os.path.join(root, MARKER)
+    try:
+        data = io.read_json(path) if os.path.exists(path) else {}
+    except (OSError, ValueError):
+        data = {}
+    return data if isinstance(data, dict) else {}
+
+
+def _finished(cfg: Config) -> dict[str, float]:
+    """``result.json`` → mtime of every finished job (what changes when a run trained something)."""
+    from oskt.pipeline.graph import jobs_from_config
+    from oskt.pipeline.records import Paths
+
+    paths, out = Paths(cfg.compute.out_dir), {}
+    for job in jobs_from_config(cfg).jobs():
+        p = os.path.join(paths.job_dir(job), "result.json")
+        if os.path.exists(p):
+            out[p] = os.path.getmtime(p)
+    return out
+
+
 def _git(root: str, *args: str) -> None:
     r = subprocess.run(["git", *args], cwd=root, env={**os.environ, **GIT_ID}, capture_output=True, text=True)
     if r.returncode != 0:
@@ -100,7 +122,8 @@ def prepare_workspace(root: str, cfg: Config, meta: dict[str, Any]) -> None:
     """Create or refresh the rehearsal's DVC workspace at ``root`` (see the module docstring)."""
     check_root(root)
     os.makedirs(root, exist_ok=True)
-    io.write_json_atomic(os.path.join(root, MARKER), meta)  # first: a half-made workspace is still ours
+    # first: a half-made workspace is still ours; the time spent so far is kept (a killed rehearsal resumes)
+    io.write_json_atomic(os.path.join(root, MARKER), {**_marker(root), **meta})
     for name in CODE:  # the code DVC hashes and the stages import (cwd and PYTHONPATH come first)
         dst = os.path.join(root, name)
         if os.path.isdir(dst):
@@ -175,14 +198,14 @@ def _parent_run(cfg: Config) -> str:
 
 def _nodes(cfg: Config) -> list[str]:
     """The distinct nodes the grid's cells ran on (``node`` in each cell's ``result.json``)."""
-    from oskt.jobs import reuse
     from oskt.pipeline.graph import jobs_from_config
     from oskt.pipeline.records import Paths
+    from oskt.pipeline.rehearsal import recorded_job
 
     paths = Paths(cfg.compute.out_dir)
     found = set()
     for cell in jobs_from_config(cfg).cells:
-        rec = reuse(paths.job_dir(cell), cell)
+        rec = recorded_job(paths.job_dir(cell))
         if rec is not None and rec.extra.get("node"):
             found.add(str(rec.extra["node"]))
     return sorted(found)
@@ -196,69 +219,141 @@ def _duration(seconds: float) -> str:
     )
 
 
-def run_rehearsal(args: argparse.Namespace) -> int:
-    """The ``rehearse`` verb (see the module docstring)."""
-    from flows.cli import run_group
-    from flows.engines import local_cpus, no_telemetry
-    from oskt.checkpoint import git_sha
-    from oskt.pipeline.cost import cost_markdown, cost_table
-    from oskt.pipeline.rehearsal import rehearsal_config, rehearsal_summary, update_record, write_standins
-    from oskt.pipeline.tracking import MlflowTracker, resolve_uri
+def _previous_total(root: str) -> float:
+    """Seconds the rehearsal at ``root`` took so far (its marker; else the last run's record)."""
+    mark = _marker(root)
+    if "seconds_total" in mark:
+        return float(mark["seconds_total"])
+    last = os.path.join(root, "rehearsal.json")
+    return float(io.read_json(last).get("seconds", 0.0)) if os.path.exists(last) else 0.0
 
-    no_telemetry()
-    profile = args.profile
-    name = profile + ("-small" if args.small else "")
-    root = os.path.abspath(args.out or os.path.join("outputs", "rehearsal", name))
-    record = os.path.abspath(args.record) if args.record else None
-    doc = os.path.abspath(args.doc) if args.doc else None
-    check_root(root)
-    cpus = local_cpus()
-    if args.cluster < 0:
-        raise OsktError(f"--cluster {args.cluster} is not allowed: expected a number of nodes >= 1 (0 = a local Ray)")
-    cfg = rehearsal_config(
-        profile, ".", iters=args.iters, device=args.device, small=args.small, overrides=args.overrides
-    )
-    if args.cluster and cfg.compute.engine == "serial":
-        raise OsktError("--cluster runs the grid on Ray: compute.engine=serial does not use it")
-    full = load_config(profile=profile)
-    load0 = os.getloadavg()
-    meta = {"profile": profile, "small": args.small, "iters": args.iters, "device": args.device, "commit": git_sha()}
-    prepare_workspace(root, cfg, meta)
+
+def _run(
+    args: argparse.Namespace,
+    name: str,
+    root: str,
+    cfg: Config,
+    cpus: int,
+    run_group: Callable[[list[str], dict[str, str]], int],
+) -> tuple[float, float]:
+    """Make the workspace and the stand-ins, run ``python -m flows run`` there; returns (seconds of this run, seconds
+    of the rehearsal in all: the runs that trained something, a killed one included)."""
+    from oskt.checkpoint import git_sha
+    from oskt.pipeline.rehearsal import write_standins
+
+    meta = {"profile": cfg.profile, "small": args.small, "iters": args.iters, "device": args.device}
+    prepare_workspace(root, cfg, {**meta, "commit": git_sha()})
     with working_dir(root):
         made = write_standins(cfg)
+        before = _finished(cfg)
     print(
         f"rehearsal {name}: workspace {root}; stand-ins "
         + ", ".join(f"{k} {v['files']} files" for k, v in made.items())
     )
-    extra_env: dict[str, str] = {}
-    t0 = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        if args.cluster:
-            per_node = max(1, cpus // args.cluster)
-            extra_env = stack.enter_context(local_cluster(args.cluster, per_node))
-            print(
-                f"rehearsal {name}: Ray cluster of {args.cluster} nodes × {per_node} CPUs at {extra_env['RAY_ADDRESS']}"
-            )
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
+    rc = 1
+    try:
+        with contextlib.ExitStack() as stack:
+            extra_env: dict[str, str] = {}
+            if args.cluster:
+                per_node = max(1, cpus // args.cluster)
+                extra_env = stack.enter_context(local_cluster(args.cluster, per_node))
+                print(f"rehearsal {name}: Ray cluster of {args.cluster} nodes × {per_node} CPUs")
+            with working_dir(root):
+                rc = run_group([sys.executable, "-m", "flows", "run"], workspace_env(root, extra_env))
+    finally:
+        seconds = time.perf_counter() - t0
         with working_dir(root):
-            rc = run_group([sys.executable, "-m", "flows", "run"], workspace_env(root, extra_env))
-    seconds = time.perf_counter() - t0
+            worked = _finished(cfg) != before  # a rerun that found everything done adds nothing
+        total = _previous_total(root) + (seconds if worked else 0.0)
+        mark = {**_marker(root), "seconds_total": total}
+        if worked:  # the machine's load while it trained (2 shared cores: the figures move with it)
+            mark["load_average"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+        io.write_json_atomic(os.path.join(root, MARKER), mark)
     if rc != 0:
         raise OsktError(
             f"the rehearsal of {name} failed (exit {rc}) after {_duration(seconds)}: the log above names the stage; "
             f"rerun the same command to resume (finished jobs in {root}/out are kept)"
         )
+    return seconds, total
+
+
+def run_rehearsal(args: argparse.Namespace, run_group: Callable[[list[str], dict[str, str]], int]) -> int:
+    """The ``rehearse`` verb (see the module docstring); ``run_group(cmd, env)`` runs ``python -m flows run`` in its
+    own process group and passes SIGTERM / SIGINT on (``flows.cli.run_group``, given by the verb's registration)."""
+    profile = args.profile
+    name = args.name or profile + ("-small" if args.small else "")
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise OsktError(f"--name {name!r} is not allowed: expected letters, digits, '-' and '_'")
+    root = os.path.abspath(args.out or os.path.join("outputs", "rehearsal", name))
+    record = os.path.abspath(args.record) if args.record else None
+    doc = os.path.abspath(args.doc) if args.doc else None
+    check_root(root)  # the cheap refusals first, before torch and the orchestration stack load
+    if args.cluster < 0:
+        raise OsktError(f"--cluster {args.cluster} is not allowed: expected a number of nodes >= 1 (0 = a local Ray)")
+    seconds = 0.0
+    if not args.no_run:
+        seconds, _ = _run_in_workspace(args, name, root, run_group)
+    # --no-run: the project's code may have moved on since the workspace's copy trained the jobs, so their keys
+    # are read from their result.json instead of recomputed
+    return _check_and_cost(args, name, root, record, doc, seconds, by_record=args.no_run)
+
+
+def _run_in_workspace(
+    args: argparse.Namespace, name: str, root: str, run_group: Callable[[list[str], dict[str, str]], int]
+) -> tuple[float, float]:
+    """The rehearsal config, then :func:`_run`."""
+    from flows.engines import local_cpus, no_telemetry
+    from oskt.pipeline.rehearsal import rehearsal_config
+
+    no_telemetry()
+    cfg = rehearsal_config(
+        args.profile, ".", iters=args.iters, device=args.device, small=args.small, overrides=args.overrides
+    )
+    if args.cluster and cfg.compute.engine == "serial":
+        raise OsktError("--cluster runs the grid on Ray: compute.engine=serial does not use it")
+    return _run(args, name, root, cfg, local_cpus(), run_group)
+
+
+def _check_and_cost(
+    args: argparse.Namespace,
+    name: str,
+    root: str,
+    record: str | None,
+    doc: str | None,
+    seconds: float,
+    *,
+    by_record: bool = False,
+) -> int:
+    """Check the finished rehearsal at ``root`` (as it ran: its ``params.yaml``), write its cost table and records,
+    log them to its MLflow parent run; ``by_record``: see ``rehearsal_summary``."""
+    from flows.engines import local_cpus
+    from oskt.pipeline.cost import cost_markdown, cost_table
+    from oskt.pipeline.rehearsal import rehearsal_summary, update_record
+    from oskt.pipeline.tracking import MlflowTracker, resolve_uri
+
+    cpus = local_cpus()
+    profile = args.profile
+    full = load_config(profile=profile)
+    if not os.path.exists(os.path.join(root, MARKER)):
+        raise OsktError(f"--no-run: {root} holds no rehearsal ({MARKER} missing): run it first")
     with working_dir(root):
-        summary = rehearsal_summary(cfg, seconds=seconds, lock="dvc.lock")
+        cfg = load_config(params="params.yaml")
+    total = _previous_total(root)
+    loads = _marker(root).get("load_average") or [None, None]
+    with working_dir(root):
+        summary = rehearsal_summary(cfg, seconds=total, lock="dvc.lock", by_record=by_record)
         nodes = _nodes(cfg)
         notes = [
             f"Rehearsal: {summary.cells_ok}/{summary.cells_total} grid cells, {len(summary.stages_ok)} DVC stages, "
-            f"{_duration(seconds)} wall-clock; load average {load0[0]:.1f} at the start, "
-            f"{os.getloadavg()[0]:.1f} at the end ({cpus} CPUs).",
+            f"{_duration(total)} wall-clock; load average {loads[0]} at the start of the last run that trained, "
+            f"{loads[1]} at its end ({cpus} CPUs shared with other work).",
             "Teacher / chain stages ran with the threads shown; grid cells with one thread each, "
             f"{max(1, int(cpus // cfg.compute.cpus_per_task))} at a time.",
-            "Peak RSS is the phase's process high-water mark (a Ray worker runs several cells one after another).",
+            "Seconds per iteration include each phase's first (warm-up) iteration; peak RSS is the phase's resident "
+            "high-water mark from the start of its training (reset per phase) to its final evaluation.",
         ]
-        table = cost_table(cfg, full, notes=notes, context={"nodes": len(nodes), "load_average_start": load0[0]})
+        table = cost_table(cfg, full, notes=notes, context={"nodes": len(nodes), "load_average": loads})
         io.write_json_atomic("cost.json", table.to_dict())
         io.write_text_atomic("cost.md", cost_markdown([table], DOC_HEADER))
         entry = {
@@ -267,13 +362,14 @@ def run_rehearsal(args: argparse.Namespace) -> int:
             "cpu_core_hours_estimate": round(table.cpu_core_hours, 1),
             "gpu_assumption": f"{table.gpu.name}, {table.gpu.sustained_tflops:g} TFLOP/s + "
             f"{table.gpu.step_overhead_ms:g} ms/iter",
-            "iters_per_phase": args.iters,
-            "device": args.device,
-            "small": args.small,
+            "seconds_last_run": round(seconds, 1),
+            "iters_per_phase": cfg.train.max_iters_per_epoch,
+            "device": cfg.compute.device,
+            "small": bool(_marker(root).get("small", args.small)),
             "nodes": len(nodes),
-            "load_average": [round(load0[0], 2), round(os.getloadavg()[0], 2)],
+            "load_average": loads,
             "date": time.strftime("%Y-%m-%d"),
-            "commit": meta["commit"],
+            "commit": _marker(root).get("commit", ""),
             "cost": table.to_dict(),
         }
         io.write_json_atomic("rehearsal.json", entry)
@@ -286,7 +382,7 @@ def run_rehearsal(args: argparse.Namespace) -> int:
                 {
                     "rehearsal/cells_ok": summary.cells_ok,
                     "rehearsal/cells_total": summary.cells_total,
-                    "rehearsal/seconds": seconds,
+                    "rehearsal/seconds": total,
                     "rehearsal/gpu_hours_estimate": table.gpu_hours,
                     "rehearsal/cpu_core_hours_estimate": table.cpu_core_hours,
                     "rehearsal/peak_rss_mib": summary.peak_rss_mib,
@@ -302,7 +398,8 @@ def run_rehearsal(args: argparse.Namespace) -> int:
         io.write_text_atomic(doc, cost_markdown([table], DOC_HEADER))
     print(
         f"rehearsal {name}: {summary.cells_ok}/{summary.cells_total} cells, {len(summary.stages_ok)} stages, "
-        f"{_duration(seconds)}; peak RSS {summary.peak_rss_mib:,.0f} MiB; cells on {len(nodes)} node(s)"
+        f"{_duration(total)} in all ({_duration(seconds)} this run); peak RSS {summary.peak_rss_mib:,.0f} MiB; "
+        f"cells on {len(nodes)} node(s)"
     )
     print(
         f"rehearsal {name}: full {profile} ≈ {table.gpu_hours:,.0f} GPU-hours on {table.gpu.name}, "
@@ -320,7 +417,10 @@ def add_rehearse_args(p: argparse.ArgumentParser) -> None:
     from oskt.pipeline.rehearsal import DEFAULT_ITERS, REHEARSAL_PROFILES
 
     p.add_argument("--profile", choices=REHEARSAL_PROFILES, required=True, help="the profile to rehearse")
-    p.add_argument("--out", default=None, help="rehearsal root (default outputs/rehearsal/<profile>[-small])")
+    p.add_argument(
+        "--name", default=None, help="the rehearsal's name: folder and --record key (default <profile>[-small])"
+    )
+    p.add_argument("--out", default=None, help="rehearsal root (default outputs/rehearsal/<name>)")
     p.add_argument("--iters", type=int, default=DEFAULT_ITERS, help=f"iterations per phase (default {DEFAULT_ITERS})")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument(
@@ -329,6 +429,9 @@ def add_rehearse_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", type=int, default=0, metavar="N", help="run the grid on a local Ray cluster of N nodes")
     p.add_argument("--record", default=None, metavar="FILE", help="add this profile's entry to FILE (JSON)")
     p.add_argument("--doc", default=None, metavar="FILE", help="render every profile in --record's FILE to FILE")
+    p.add_argument(
+        "--no-run", action="store_true", help="only check the finished rehearsal at --out and write its cost table"
+    )
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key last"
     )

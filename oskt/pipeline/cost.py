@@ -17,8 +17,11 @@ Cost model:
 - MACs per training image = 3 × the forward MACs of what is trained (forward + backward ≈ 3 forwards) + the
   forward MACs of a frozen teacher that is distilled from (KD++ / OFA / RSD); a chain trains the teacher and its
   S-Student together. MACs in closed form (``oskt.eval.complexity.spec_macs``, attention included for ViT).
-- CPU core-hours here = measured seconds per iteration × full iterations × the phase's threads, plus evaluation
-  and KD++ centres at the training's measured seconds per MAC (an approximation: inference is cheaper per MAC).
+- CPU core-hours here = the phase kind's measured seconds per training MAC (seconds ÷ (iterations × batch × MACs
+  per training image), so a rehearsal with a smaller batch scales by images, and a cell kind whose scenarios differ
+  — KD++ distilling during the fine-tune in M→M, on the source first across data sets — by MACs) × the full
+  profile's training MACs × the phase's threads; a source distillation at its own measured rate; evaluation and
+  KD++ centres at the training's rate (an approximation: inference is cheaper per MAC).
 - GPU-hours = per iteration a fixed overhead plus training FLOPs (2 × MACs) at a sustained throughput, and
   evaluation FLOPs at the same throughput (:class:`GpuModel`; both numbers are stated in the table).
 """
@@ -90,7 +93,8 @@ class CostRow:
         name: the source (teacher), ``w<width>`` (chain) or ``<student> <method>`` (cell).
         model: the trained model's spec name (a chain: the teacher + its S-Student).
         runs: how many such phases the full profile runs.
-        batch: images per iteration.
+        batch: images per iteration in the full profile.
+        measured_batch: images per iteration in the rehearsal (0 when not measured).
         threads: torch threads the measurement ran with.
         measured_iters: iterations measured (over all rehearsal phases of the kind).
         seconds_per_iter: measured seconds per training iteration (cells: the target fine-tune).
@@ -110,6 +114,7 @@ class CostRow:
     model: str
     runs: int
     batch: int
+    measured_batch: int
     threads: int
     measured_iters: int
     seconds_per_iter: float
@@ -216,51 +221,83 @@ def _distils(method: str) -> bool:
     return bool(INIT_NEEDS[method].source_phase)
 
 
+def _train_macs(job: TeacherJob | ChainJob | CellJob) -> tuple[float, float]:
+    """MACs of one training image: (the job's only or fine-tune phase, its source distillation phase or 0)."""
+    if isinstance(job, TeacherJob):
+        return 3 * _macs(job.model), 0.0
+    if isinstance(job, ChainJob):
+        teacher = job.teacher.model  # type: ignore[union-attr]
+        return 3 * (_macs(teacher) + _macs(teacher.chain_spec(job.width))), 0.0
+    s = _macs(job.student)
+    t = _macs(job.teacher.model) if job.teacher is not None and _distils(job.method) else 0.0
+    if job.distil is not None:  # the aux loss trains in the source phase; the fine-tune is plain
+        return 3 * s, 3 * s + t
+    return 3 * s + t, 0.0
+
+
 @dataclass
 class _Full:
-    """The full profile's work of one phase kind: MACs and iterations, summed over its runs."""
+    """The full profile's work of one phase kind, summed over its runs: iterations, training MACs (iterations ×
+    batch × MACs per image), evaluation MACs."""
 
     runs: int = 0
     batch: int = 0
     iters: int = 0
     distil_iters: int = 0
-    train_macs: float = 0.0  # per training image (the fine-tune's for a cell)
-    distil_train_macs: float = 0.0
+    train_mac_images: float = 0.0
+    distil_mac_images: float = 0.0
     fwd_macs: float = 0.0
     eval_macs: float = 0.0  # evaluation + KD++ centres, summed
     eval_images: int = 0
     model: str = ""
 
+    @property
+    def train_macs(self) -> float:
+        """Mean training MACs per image of the phase kind's fine-tune / only phase."""
+        return self.train_mac_images / (self.iters * self.batch) if self.iters and self.batch else 0.0
 
-def _teacher_full(job: TeacherJob) -> tuple[float, float, int, float, int]:
-    t = _macs(job.model)
-    r = job.recipe
+
+def _add_teacher(job: TeacherJob, acc: _Full) -> None:
+    t, r = _macs(job.model), job.recipe
+    iters = _iters(job.data.name, r.batch_size, r.epochs)
     n_eval = _evals(r.epochs, r.eval_every) * _eval_images(job.data.name)
-    return t, 3 * t, _iters(job.data.name, r.batch_size, r.epochs), n_eval * t, n_eval
+    acc.iters += iters
+    acc.train_mac_images += iters * r.batch_size * _train_macs(job)[0]
+    acc.eval_macs += n_eval * t
+    acc.eval_images += n_eval
+    acc.fwd_macs, acc.batch, acc.model = t, r.batch_size, job.model.name
+    acc.runs += 1
 
 
-def _chain_full(job: ChainJob) -> tuple[float, float, int, float, int]:
+def _add_chain(job: ChainJob, acc: _Full) -> None:
     teacher = job.teacher.model  # type: ignore[union-attr]
-    t, c = _macs(teacher), _macs(teacher.chain_spec(job.width))
-    r = job.recipe
+    t, c, r = _macs(teacher), _macs(teacher.chain_spec(job.width)), job.recipe
+    iters = _iters(job.data.name, r.batch_size, r.epochs)
     images = _eval_images(job.data.name)
     n_t = _evals(r.epochs, r.eval_every) * images  # the refined teacher; the S-Student once at the end
-    return t + c, 3 * (t + c), _iters(job.data.name, r.batch_size, r.epochs), n_t * t + images * c, n_t + images
+    acc.iters += iters
+    acc.train_mac_images += iters * r.batch_size * _train_macs(job)[0]
+    acc.eval_macs += n_t * t + images * c
+    acc.eval_images += n_t + images
+    acc.fwd_macs, acc.batch = t + c, r.batch_size
+    acc.model = f"{teacher.name}+{teacher.chain_spec(job.width).name}"
+    acc.runs += 1
 
 
-def _cell_full(job: CellJob, acc: _Full) -> None:
+def _add_cell(job: CellJob, acc: _Full) -> None:
     s = _macs(job.student)
     t = _macs(job.teacher.model) if job.teacher is not None else 0.0
-    distils = _distils(job.method) and job.teacher is not None
     r = job.recipe
-    ft_teacher = t if distils and job.distil is None else 0.0  # the aux loss trains in the fine-tune
-    acc.train_macs = 3 * s + ft_teacher
-    acc.iters += _iters(job.target.name, r.batch_size, r.epochs, job.few_shot)
+    ft_macs, distil_macs = _train_macs(job)
+    iters = _iters(job.target.name, r.batch_size, r.epochs, job.few_shot)
+    acc.iters += iters
+    acc.train_mac_images += iters * r.batch_size * ft_macs
     n_eval = _evals(r.epochs, r.eval_every) * _eval_images(job.target.name)
     eval_macs = n_eval * s
     if job.distil is not None:
-        acc.distil_train_macs = 3 * s + t
-        acc.distil_iters += _iters(job.source, job.distil.batch_size, job.distil.epochs)
+        d = _iters(job.source, job.distil.batch_size, job.distil.epochs)
+        acc.distil_iters += d
+        acc.distil_mac_images += d * job.distil.batch_size * distil_macs
         n_d = _evals(job.distil.epochs, job.distil.eval_every) * _eval_images(job.source)
         eval_macs += n_d * s
         n_eval += n_d
@@ -287,21 +324,11 @@ def _full_work(cfg: Config) -> dict[tuple[str, str], _Full]:
     graph = jobs_from_config(cfg)
     out: dict[tuple[str, str], _Full] = defaultdict(_Full)
     for job in graph.teachers.values():
-        acc = out[_group(job)]
-        acc.fwd_macs, acc.train_macs, iters, acc.eval_macs, acc.eval_images = _teacher_full(job)
-        acc.iters, acc.runs, acc.batch, acc.model = iters, 1, job.recipe.batch_size, job.model.name
+        _add_teacher(job, out[_group(job)])
     for job in graph.chains.values():
-        acc = out[_group(job)]
-        fwd, train, iters, eval_macs, images = _chain_full(job)
-        acc.fwd_macs, acc.train_macs = fwd, train
-        acc.iters += iters
-        acc.eval_macs += eval_macs
-        acc.eval_images += images
-        acc.runs += 1
-        acc.batch = job.recipe.batch_size
-        acc.model = f"{job.teacher.model.name}+{job.teacher.model.chain_spec(job.width).name}"  # type: ignore[union-attr]
+        _add_chain(job, out[_group(job)])
     for job in graph.cells:
-        _cell_full(job, out[_group(job)])
+        _add_cell(job, out[_group(job)])
     return dict(out)
 
 
@@ -312,8 +339,10 @@ def _full_work(cfg: Config) -> dict[tuple[str, str], _Full]:
 class _Measured:
     seconds: float = 0.0
     iters: int = 0
+    mac_images: float = 0.0  # iterations × batch × training MACs per image, what ``seconds`` paid for
     distil_seconds: float = 0.0
     distil_iters: int = 0
+    distil_mac_images: float = 0.0
     rss: float = float("nan")
     cuda: float = float("nan")
     threads: int = 0
@@ -354,16 +383,18 @@ def _measure(cfg: Config) -> dict[tuple[str, str], _Measured]:
         folder = paths.job_dir(job)
         m = out[_group(job)]
         m.batch = job.recipe.batch_size
-        phases = [folder] if not isinstance(job, CellJob) else [io.join(folder, "finetune")]
         m.threads = stage_threads if not isinstance(job, CellJob) else cell_threads
-        for ph in phases:
-            s, n = _history(ph)
-            m.seconds, m.iters = m.seconds + s, m.iters + n
-            m.peak(_metrics(ph))
+        ft_macs, distil_macs = _train_macs(job)
+        ph = folder if not isinstance(job, CellJob) else io.join(folder, "finetune")
+        sec, n = _history(ph)
+        m.seconds, m.iters, m.mac_images = m.seconds + sec, m.iters + n, m.mac_images + n * m.batch * ft_macs
+        m.peak(_metrics(ph))
         if isinstance(job, CellJob) and job.distil is not None:
-            s, n = _history(io.join(folder, "distil"))
-            m.distil_seconds, m.distil_iters = m.distil_seconds + s, m.distil_iters + n
-            m.peak(_metrics(io.join(folder, "distil")))
+            ph = io.join(folder, "distil")
+            sec, n = _history(ph)
+            m.distil_seconds, m.distil_iters = m.distil_seconds + sec, m.distil_iters + n
+            m.distil_mac_images += n * job.distil.batch_size * distil_macs
+            m.peak(_metrics(ph))
     return dict(out)
 
 
@@ -395,13 +426,16 @@ def cost_table(
         spi = _ratio(m.seconds, m.iters)
         dspi = _ratio(m.distil_seconds, m.distil_iters)
         threads = m.threads or 1
-        # CPU: measured seconds per iteration (distillation: its own, else the fine-tune's scaled by MACs); the
-        # evaluation at the training's seconds per MAC
-        per_mac = spi / (f.batch * f.train_macs) if f.train_macs else float("nan")
-        d_spi = dspi if not math.isnan(dspi) else spi * (f.distil_train_macs / f.train_macs if f.train_macs else 1)
-        cpu_s = f.iters * spi + (f.distil_iters * d_spi if f.distil_iters else 0.0) + f.eval_macs * per_mac
+        # CPU: the measured seconds per training MAC (per image: a smaller measured batch scales to the full one),
+        # over the full profile's training MACs; the source distillation at its own rate (else the fine-tune's);
+        # evaluation at the training's rate (an approximation: inference is cheaper per MAC)
+        per_mac = m.seconds / m.mac_images if m.mac_images else float("nan")
+        d_per_mac = m.distil_seconds / m.distil_mac_images if m.distil_mac_images else per_mac
+        cpu_s = (f.train_mac_images + f.eval_macs) * per_mac + (
+            f.distil_mac_images * d_per_mac if f.distil_iters else 0.0
+        )
         # GPU: launch-bound overhead per step + training FLOPs, evaluation FLOPs, at the assumed throughput
-        flops = 2 * (f.batch * (f.iters * f.train_macs + f.distil_iters * f.distil_train_macs) + f.eval_macs)
+        flops = 2 * (f.train_mac_images + f.distil_mac_images + f.eval_macs)
         gpu_s = (f.iters + f.distil_iters) * gpu.step_overhead_ms / 1e3 + flops / (gpu.sustained_tflops * 1e12)
         rows.append(
             CostRow(
@@ -410,6 +444,7 @@ def cost_table(
                 model=f.model,
                 runs=f.runs,
                 batch=f.batch,
+                measured_batch=m.batch,
                 threads=threads,
                 measured_iters=m.iters + m.distil_iters,
                 seconds_per_iter=spi,
@@ -465,17 +500,18 @@ def table_markdown(table: CostTable) -> str:
     lines = [
         f"### `{table.profile}`",
         "",
-        f"Measured by the rehearsal on `{table.device}` ({table.iters_per_phase} iterations per phase at the "
-        "profile's batch). GPU-hours assume "
+        f"Measured by the rehearsal on `{table.device}` ({table.iters_per_phase} iterations per phase). CPU core-hours "
+        "= the measured seconds per training MAC × the full profile's MACs × threads. GPU-hours assume "
         f"**{g.name}: {g.sustained_tflops:g} TFLOP/s sustained + {g.step_overhead_ms:g} ms per iteration** ({g.basis}).",
         "",
-        "| Phase | Model | Runs | Batch | Threads | s/iter (measured) | Distil s/iter | Peak RSS MiB | "
+        "| Phase | Model | Runs | Batch (measured / full) | Threads | s/iter (measured) | Distil s/iter | Peak RSS MiB | "
         "Peak CUDA MiB | GMACs/img | Train GMACs/img | Iterations (full) | Eval imgs (full) | CPU core-h | GPU-h |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table.rows:
         lines.append(
-            f"| {r.kind} {r.name} | {r.model} | {r.runs} | {r.batch} | {r.threads} | {_g(r.seconds_per_iter)} | "
+            f"| {r.kind} {r.name} | {r.model} | {r.runs} | {r.measured_batch or '—'} / {r.batch} | {r.threads} | "
+            f"{_g(r.seconds_per_iter)} | "
             f"{_g(r.distil_seconds_per_iter)} | {_g(r.peak_rss_mib)} | {_g(r.peak_cuda_mib)} | "
             f"{_g(r.macs_per_image, 'G')} | {_g(r.train_macs_per_image, 'G')} | {r.full_iters:,} | "
             f"{r.full_eval_images:,} | {_g(r.cpu_core_hours)} | {_g(r.gpu_hours)} |"

@@ -24,7 +24,6 @@ cost of the full profile. The verb that builds the DVC workspace and runs it is 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ from typing import Any
 from oskt import io
 from oskt.config import METHODS, Config, load_config
 from oskt.errors import ConfigError
-from oskt.jobs import reuse
+from oskt.jobs import RESULT_FILE, JobRecord, reuse
 from oskt.pipeline.graph import datasets_used, jobs_from_config
 from oskt.pipeline.records import Paths
 
@@ -44,7 +43,9 @@ __all__ = [
     "RehearsalSummary",
     "rehearsal_config",
     "rehearsal_overrides",
+    "recorded_job",
     "rehearsal_summary",
+    "report_gaps",
     "small_overrides",
     "standin_sizes",
     "update_record",
@@ -148,9 +149,9 @@ def rehearsal_overrides(
         if getattr(base.baselines, method).epochs > 0:
             out.append(f"baselines.{method}.epochs=1")
     if not _on_gpu(device):
-        # on CPU a cell reserving the profile's GPU (compute.gpus_per_task) would never be scheduled
-        # and loader workers: the profile's 8 per cell are 8 processes importing torch (forkserver) to evaluate a
-        # small query / gallery on a machine with a few cores; training images are cached and augmented in-process
+        # on CPU: a cell reserving the profile's GPU (compute.gpus_per_task) would never be scheduled; and no loader
+        # workers: the profile's 8 per cell are 8 processes importing torch (forkserver) to evaluate a small query /
+        # gallery on a machine of a few cores (training images are cached and augmented in-process anyway)
         out += ["compute.gpus_per_task=0", "compute.cpus_per_task=1", "data.num_workers=0"]
     return out + (small_overrides(profile) if small else [])
 
@@ -173,11 +174,13 @@ def rehearsal_config(
 
 
 def standin_sizes(cfg: Config) -> dict[str, int]:
-    """Stand-in sizes for ``cfg``'s P×K batch: four training ids more than a batch holds (the sampler has more than
-    one batch to draw from), half a batch of test ids (a small query / gallery), and about K images per id and
+    """Stand-in sizes for ``cfg``'s P×K batch and iterations per phase: P training ids per iteration and four more
+    (the P×K sampler's epoch ends when fewer than P ids have K images left: with P + 4 ids an MSMT17 or CUHK03-NP
+    stand-in gave one batch), half a batch of test ids (a small query / gallery), and about K images per id and
     camera (every id is seen by two or more cameras)."""
     p, k = cfg.train.ids_per_batch, cfg.train.images_per_id
-    return {"ids": p + 4, "test_ids": max(4, p // 2), "images_per_cam": max(2, k - 1)}
+    iters = max(1, cfg.train.max_iters_per_epoch)
+    return {"ids": p * iters + 4, "test_ids": max(4, p // 2), "images_per_cam": max(2, k - 1)}
 
 
 def write_standins(cfg: Config, *, seed: int = 0) -> dict[str, dict[str, Any]]:
@@ -213,7 +216,8 @@ class RehearsalSummary:
         cells_total: grid cells of the rehearsal's job graph.
         cells_ok: cells whose folder holds their finished ``result.json`` and whose MLflow run finished.
         stages_ok: the DVC stages recorded in ``dvc.lock`` (``prepare``, ``teacher@<source>``, ...).
-        jobs_missing: teachers, chains and cells that are not finished (labels), cells without an MLflow run.
+        jobs_missing: teachers, chains and cells that are not finished (labels), cells without an MLflow run, the
+            report's empty entries (:func:`report_gaps`).
         skipped: grid combinations no method can run (label, why), from the job graph.
         peak_rss_mib: the largest resident set size any phase recorded.
         peak_cuda_mib: the largest CUDA ``max_memory_allocated`` any phase recorded (0 on CPU).
@@ -272,9 +276,52 @@ def _finished_runs(cfg: Config) -> set[tuple[str, str]]:
     return {(r.data.tags.get("oskt.cell", ""), r.data.tags.get("oskt.key", "")) for r in runs}
 
 
-def rehearsal_summary(cfg: Config, *, seconds: float = 0.0, lock: str = "dvc.lock") -> RehearsalSummary:
+def report_gaps(markdown: str) -> list[str]:
+    """What the report lacks: its "Missing from MLflow" line, and each table entry shown as "—" (no finished run)
+    as ``<scenario> / <method> / column <i>``."""
+    gaps, scenario = [], ""
+    for line in markdown.splitlines():
+        if line.startswith("## "):
+            scenario = line[3:].strip()
+        elif line.startswith("Missing from MLflow"):
+            gaps.append(line.split(":")[0])
+        elif line.startswith("| ") and not line.startswith(("| Method", "|---")):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            gaps += [f"{scenario} / {cells[0]} / column {i}" for i, c in enumerate(cells[1:], 1) if c == "—"]
+    return gaps
+
+
+def recorded_job(out_dir: str) -> JobRecord | None:
+    """The finished job record in ``out_dir`` whatever its key (``result.json``, all its files there), else None."""
+    path = io.join(out_dir, RESULT_FILE)
+    if not io.exists(path):
+        return None
+    try:
+        d = io.read_json(path)
+        rec = JobRecord(
+            key=str(d["key"]),
+            kind=str(d["kind"]),
+            files={str(k): str(v) for k, v in d.get("files", {}).items()},
+            metrics={str(k): float(v) for k, v in d.get("metrics", {}).items()},
+            seconds=float(d.get("seconds", 0.0)),
+            job=dict(d.get("job", {})),
+            extra=dict(d.get("extra", {})),
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return rec if all(io.exists(p) for p in rec.files.values()) else None
+
+
+def rehearsal_summary(
+    cfg: Config, *, seconds: float = 0.0, lock: str = "dvc.lock", by_record: bool = False
+) -> RehearsalSummary:
     """Check a finished rehearsal of ``cfg`` (paths as ``cfg`` names them, relative to the working directory):
-    every teacher, chain and cell done by the one reuse rule, every cell with a FINISHED MLflow run."""
+    every teacher, chain and cell done by the one reuse rule, every cell with a FINISHED MLflow run of its key.
+
+    Args:
+        by_record: take each job's key from its ``result.json`` instead of recomputing it (checking a rehearsal
+            trained by an older copy of the code, whose keys the current code may compute differently).
+    """
     graph = jobs_from_config(cfg)
     paths = Paths(cfg.compute.out_dir)
     runs = _finished_runs(cfg)
@@ -282,17 +329,22 @@ def rehearsal_summary(cfg: Config, *, seconds: float = 0.0, lock: str = "dvc.loc
     peak_rss = peak_cuda = 0.0
     cells_ok = 0
     for job in graph.jobs():
-        rec = reuse(paths.job_dir(job), job)
+        rec = recorded_job(paths.job_dir(job)) if by_record else reuse(paths.job_dir(job), job)
         if rec is None:
             missing.append(f"{job.kind} {job.label}")
             continue
         peak_rss = max(peak_rss, rec.metrics.get("peak_rss_mib", 0.0))
         peak_cuda = max(peak_cuda, rec.metrics.get("peak_cuda_mib", 0.0))
         if job.kind == "cell":
-            if (job.label, job.key) in runs:
+            if (job.label, rec.key) in runs:
                 cells_ok += 1
             else:
                 missing.append(f"mlflow run of cell {job.label}")
+    report = io.join(paths.report_dir(), "report.md")
+    if io.exists(report):
+        missing += [f"report entry {g}" for g in report_gaps(io.read_bytes(report).decode())]
+    else:
+        missing.append(f"report {report}")
     return RehearsalSummary(
         profile=cfg.profile,
         cells_total=len(graph.cells),
@@ -320,8 +372,3 @@ def update_record(path: str, key: str, entry: dict[str, Any]) -> dict[str, Any]:
     data[key] = entry
     io.write_json_atomic(path, data)
     return data
-
-
-def as_dict(obj: Any) -> Any:
-    """A dataclass (nested) as plain JSON-able data."""
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) and not isinstance(obj, type) else obj

@@ -113,3 +113,21 @@ def test_the_cost_table_is_written_with_the_measured_phase_kinds(rehearsal) -> N
     assert rows[("cell", "S4 kdpp")]["distil_seconds_per_iter"] > 0
     doc = _text(tmp, "cost.md")
     assert "### `paper`" in doc and "TFLOP/s" in doc and "| **total** |" in doc
+
+
+def test_no_run_checks_again_without_training_or_losing_the_time(rehearsal) -> None:  # noqa: ANN001
+    tmp, out, _ = rehearsal
+    results = {}
+    for dirpath, _, files in os.walk(os.path.join(out, "out")):
+        if "result.json" in files:
+            results[dirpath] = os.path.getmtime(os.path.join(dirpath, "result.json"))
+    record = os.path.join(tmp, "again.json")
+    cmd = [sys.executable, "-m", "oskt", "rehearse", "--profile", "paper", "--small", "--out", out, "--no-run"]
+    env = {**stack_env(tmp), "PATH": os.environ["PATH"], "PYTHONPATH": ROOT}
+    r = subprocess.run([*cmd, "--record", record], cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    again, first = _json(record)["paper-small"], _json(tmp, "rehearsal.json")["paper-small"]
+    assert again["cells_ok"] == first["cells_ok"] == 14 and again["seconds"] == first["seconds"]
+    assert again["seconds_last_run"] == 0.0
+    for dirpath, mtime in results.items():  # nothing trained again
+        assert os.path.getmtime(os.path.join(dirpath, "result.json")) == mtime
