@@ -21,9 +21,10 @@ import yaml
 
 from oskt.errors import ConfigError
 
-PROFILES = ("smoke", "quick", "paper", "smoke_vit", "quick_vit", "paper_vit")
+PROFILES = ("smoke", "quick", "quick_long", "paper", "smoke_vit", "quick_vit", "paper_vit")
 """Profiles shipped in ``oskt/profiles``; ``smoke`` = CI (minutes), ``quick`` = the embedded default main job
-(≤15 min on 2 cores), ``paper`` = the authors' recipes for a GPU cluster; ``*_vit`` = the same for the ViT family."""
+(≤15 min on 2 cores), ``quick_long`` = ``quick`` with a longer fine-tune (issue #19), ``paper`` = the authors'
+recipes for a GPU cluster; ``*_vit`` = the same for the ViT family."""
 
 ARCHS = ("resnet50", "vit_small", "vit_base")
 METHODS = ("oskt", "scratch", "wtsel", "kdpp", "depgraph", "ofa", "rsd")
@@ -465,8 +466,9 @@ class BaselinesConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """The training recipe shared by teacher, refinement and student fine-tuning (epochs live per phase)."""
+class TrainSettings:
+    """The training settings that change what is learnt: the shared part of the ``train`` section
+    (:class:`TrainConfig`) and of every phase's :class:`Recipe`."""
 
     optimizer: str = "adam"
     lr: float = 3.5e-4
@@ -498,12 +500,8 @@ class TrainConfig:
     """Max gradient norm (0 = no clipping)."""
     eval_every: int = 0
     """Evaluate every N epochs (0 = only at the end)."""
-    log_every: int = run_option(20)
-    """Log step metrics every N iterations."""
     max_iters_per_epoch: int = 0
     """Cap on iterations per epoch (0 = one pass over the P×K sampler)."""
-    progress: bool = run_option(True)
-    """Progress bars (set false for CI logs)."""
 
     def __post_init__(self) -> None:
         _check(self.optimizer in ("adam", "sgd"), "train.optimizer", self.optimizer, "'adam' or 'sgd'")
@@ -529,46 +527,29 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """One training phase's recipe: the shared ``train`` settings that change what is learnt (not ``progress`` /
-    ``log_every``) with the phase's own epochs, milestones and base learning rate. Built by :meth:`of`; what a
-    teacher, chain or student job holds and what the optimiser, schedule, losses and loaders read."""
+class TrainConfig(TrainSettings):
+    """The training recipe shared by teacher, refinement and student fine-tuning (epochs live per phase)."""
 
-    epochs: int
-    milestones: tuple[int, ...]
-    lr: float
-    optimizer: str = "adam"
-    weight_decay: float = 5e-4
-    bias_lr_factor: float = 1.0
-    momentum: float = 0.9
-    scheduler: str = "warmup_multistep"
-    warmup_epochs: int = 10
-    warmup_factor: float = 0.01
-    gamma: float = 0.1
-    min_lr_factor: float = 0.002
-    ids_per_batch: int = 16
-    images_per_id: int = 4
-    label_smoothing: float = 0.1
-    triplet: str = "hard"
-    triplet_margin: float = 0.3
-    hard_factor: float = 0.2
-    center_weight: float = 5e-4
-    center_lr: float = 0.5
-    amp: bool = True
-    grad_clip: float = 0.0
-    eval_every: int = 0
-    max_iters_per_epoch: int = 0
+    log_every: int = run_option(20)
+    """Log step metrics every N iterations."""
+    progress: bool = run_option(True)
+    """Progress bars (set false for CI logs)."""
+
+
+@dataclass(frozen=True)
+class Recipe(TrainSettings):
+    """One training phase's recipe: the shared ``train`` settings (:class:`TrainSettings`) with the phase's own
+    epochs, milestones and base learning rate (``lr``). Built by :meth:`of`; what a teacher, chain or student job
+    holds and what the optimiser, schedule, losses and loaders read."""
+
+    epochs: int = 1
+    milestones: tuple[int, ...] = ()
 
     @classmethod
-    def of(cls, train: TrainConfig, *, epochs: int, milestones: tuple[int, ...], lr: float) -> Recipe:
-        """The recipe of a phase: every field of ``train`` this class has, with the phase's epochs / milestones /
-        base rate."""
-        shared = {f.name: getattr(train, f.name) for f in dataclasses.fields(cls) if hasattr(train, f.name)}
+    def of(cls, train: TrainSettings, *, epochs: int, milestones: tuple[int, ...], lr: float) -> Recipe:
+        """The recipe of a phase: ``train``'s settings with the phase's epochs / milestones / base rate."""
+        shared = {f.name: getattr(train, f.name) for f in dataclasses.fields(TrainSettings)}
         return cls(**{**shared, "epochs": int(epochs), "milestones": tuple(milestones), "lr": float(lr)})
-
-    @property
-    def batch_size(self) -> int:
-        return self.ids_per_batch * self.images_per_id
 
 
 @dataclass(frozen=True)

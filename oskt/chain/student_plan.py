@@ -1,7 +1,7 @@
 """How one student is expanded from one chain: everything that does not depend on the chain's values (SPEC.md §3).
 
 A ``StudentPlan`` is built once per (labels, student spec, ``bn_stats``) by ``Expander`` and run against the chain
-cache (``expander._ChainCache``) on every call. Every row layer is written straight into the student's fresh tensor:
+cache (``oskt.chain.chain_cache.ChainCache``) on every call. Every row layer is written straight into the student's fresh tensor:
 
 * no column summing (stem conv, ViT ``dw``): a row copy of the gene;
 * input partition at chain width: a row copy of the S-Student's column sums (the cache's ``totals``);
@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,12 +30,9 @@ from torch import Tensor
 
 from oskt.chain.allocation import Alloc
 from oskt.chain.chain import WeightChain
+from oskt.chain.chain_cache import ACC, ChainCache
 from oskt.models.spec import ModelSpec
 
-if TYPE_CHECKING:
-    from oskt.chain.expander import _ChainCache
-
-ACC = torch.float64  # accumulation dtype of the column prefix sums (subtract before rounding to the chain's dtype)
 BATCH_NUMEL = 32768  # row layers up to this many student elements are expanded together (``_Batch``)
 
 
@@ -170,7 +166,7 @@ class StudentPlan:
     vectors, ``Expander.state_dict`` adds the ViT stem and the BN statistics (``fresh``, ``tracked``)."""
 
     def __init__(
-        self, chain: WeightChain, spec: ModelSpec, allocs: Mapping[str, Alloc], cache: _ChainCache, bn_stats: str
+        self, chain: WeightChain, spec: ModelSpec, allocs: Mapping[str, Alloc], cache: ChainCache, bn_stats: str
     ) -> None:
         device = cache.device
         self.device = device
@@ -261,7 +257,7 @@ class StudentPlan:
             f"{n}.num_batches_tracked" for n in sorted({b.param.rsplit(".", 1)[0] for b in plan.bn_buffers})
         ]
 
-    def run(self, chain: WeightChain, cache: _ChainCache, proj_bias: str) -> dict[str, Tensor]:
+    def run(self, chain: WeightChain, cache: ChainCache, proj_bias: str) -> dict[str, Tensor]:
         state: dict[str, Tensor] = {}
         dtype = cache.dtype
         with self.lock:
@@ -283,7 +279,7 @@ class StudentPlan:
             state.update(zip(self.avg_names, flat.split(self.avg_sizes), strict=True))
         return state
 
-    def _row(self, op: _RowOp, chain: WeightChain, cache: _ChainCache, dtype: torch.dtype) -> Tensor:
+    def _row(self, op: _RowOp, chain: WeightChain, cache: ChainCache, dtype: torch.dtype) -> Tensor:
         r = op.chain_rows
         if op.source == "prefix":
             out = torch.empty(op.shape, dtype=dtype, device=self.device)
@@ -317,7 +313,7 @@ class StudentPlan:
         torch.index_select(src, 0, op.rest, out=out2[r:] if op.head else out2)
         return out
 
-    def _fix_index(self, cache: _ChainCache) -> list[tuple[str, Tensor, Tensor]]:
+    def _fix_index(self, cache: ChainCache) -> list[tuple[str, Tensor, Tensor]]:
         """Where the cache's ``fixes`` land in this student (single-column groups of the chain rows concerned, in
         every student row copying them), memoised per cache state; usually empty."""
         if self._fixes is not None and self._fixes[0] == cache.key:

@@ -25,13 +25,18 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="profile under the params file (default: the params file's, else quick)",
     )
+    add_set_arg(p)
+
+
+def add_set_arg(p: argparse.ArgumentParser, note: str = "") -> None:
+    """``--set KEY=VALUE`` (repeatable) into ``args.overrides``."""
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one key, e.g. --set train.lr=1e-3 --set students.seeds=[0,1,2]",
+        help="override one key, e.g. --set train.lr=1e-3 --set students.seeds=[0,1,2]" + (f" ({note})" if note else ""),
     )
 
 
@@ -95,9 +100,18 @@ def _is_terminal(stream: object) -> bool:
         return False
 
 
+def _quiet_prefect(record: logging.LogRecord) -> bool:
+    """Prefect's own INFO lines (``Task run ... Finished in state Completed()``) are the Prefect server's business:
+    they reach it through Prefect's API handler; our console shows their warnings and errors only."""
+    return not (record.name.startswith("prefect") and record.levelno < logging.WARNING)
+
+
 def setup_logging(verbose: bool = False) -> None:
     """The commands' logging: INFO lines with a time stamp (DEBUG with ``verbose``), after ``console_defaults``."""
     console_defaults(verbose)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_quiet_prefect)

@@ -387,7 +387,9 @@ def report(cfg: Config, paths: Paths, target: TrackingTarget | None) -> ReportRe
     from oskt.pipeline.run import with_data_version
     from oskt.pipeline.tracking import start_run
 
-    with start_run(with_data_version(target, paths), "report", {"oskt.kind": "report"}) as tracker:
+    with start_run(
+        with_data_version(target, paths), "report", {"oskt.kind": "report", "oskt.stage": "report"}
+    ) as tracker:
         tracker.log_metrics({"cells_found": len(found), "cells_missing": len(missing)})
         for name in files:
             tracker.log_artifact(io.join(out, name), "report")
