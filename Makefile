@@ -8,7 +8,7 @@ STAMP := $(VENV)/.oskt-synced
 export UV_PYTHON_DOWNLOADS := never
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: setup run test lint bench results results-vit rehearse clean-env
+.PHONY: setup run test lint bench results results-vit results-eval rehearse clean-env
 
 $(STAMP): pyproject.toml uv.lock
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
@@ -20,8 +20,12 @@ setup: $(STAMP)
 run: setup
 	$(VENV)/bin/python -m flows run --profile quick
 
+# The unit tests on two pytest-xdist workers (they are independent; most of their time is subprocesses of the CLI
+# starting up), then the pipeline, flow and cluster tests one at a time (they start servers and a Ray each).
+TEST_WORKERS ?= 2
 test: setup
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) tests/unit
+	$(VENV)/bin/python -m pytest -q tests --ignore=tests/unit
 
 # The comparison of docs/results.md: the quick grid with 3 seeds (only the new cells run after `make run`), the
 # three ablations of the paper (OSKT rows only, the teacher reused), then the report with the ablation rows.
@@ -38,6 +42,11 @@ results: run
 results-vit: setup
 	$(VENV)/bin/oskt run --params outputs/vit/params.yaml --profile quick_vit --orchestrator prefect \
 	    --set compute.out_dir=outputs/vit --set tracking.uri=sqlite:///outputs/vit/mlflow.db --set 'students.seeds=$(SEEDS)'
+
+# The evaluation protocols of docs/results.md (issue #20): each method's S1, seed 0, of `make run` through
+# `oskt eval` plain / --flip / --rerank / both; figures to bench/results/eval_protocols.json.
+results-eval: setup
+	$(VENV)/bin/python bench/eval_protocols.py
 
 # The paper-scale rehearsal (issue #18): each paper profile's whole pipeline (every stage and grid cell, full model
 # and input size, REHEARSE_ITERS iterations per phase) on stand-in data through DVC -> Prefect -> Ray -> MLflow,

@@ -311,7 +311,8 @@ def test_full_size_resnet_param_counts_are_equal_for_every_method(tmp_path: Path
     teacher_spec = ModelSpec(arch="resnet50", img_size=RES_SIZE)
     f = _make_family(tmp_path, teacher_spec, (8, 16, 32))
     ctx = InitContext(teacher_ckpt=f["teacher_ckpt"], chain_ckpts=f["chains"], example_input_size=RES_SIZE)
-    for name in ("S1", "S2", "S3", "S4", "S5", "S6"):
+    # one expanded student and one at a chain's width (S1-S6 at full size: the paper rehearsal, make rehearse)
+    for name in ("S2", "S5"):
         spec = parse_spec(name, img_size=RES_SIZE)
         want = count_params(build_model(spec, NUM_CLASSES))
         for method in METHODS:
