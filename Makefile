@@ -20,12 +20,13 @@ setup: $(STAMP)
 run: setup
 	$(VENV)/bin/python -m flows run --profile quick
 
-# The unit tests on two pytest-xdist workers (they are independent; most of their time is subprocesses of the CLI
-# starting up), then the pipeline, flow and cluster tests one at a time (they start servers and a Ray each).
+# Two pytest-xdist workers: the unit tests spread over both (independent; most of their time is CLI subprocesses
+# starting up), then the pipeline, flow and cluster tests a file per worker (--dist loadfile: a file's tests share
+# their servers, Ray and workspace in order; every Ray is started with address "local", never joining another).
 TEST_WORKERS ?= 2
 test: setup
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) tests/unit
-	$(VENV)/bin/python -m pytest -q tests --ignore=tests/unit
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests --ignore=tests/unit
 
 # The comparison of docs/results.md: the quick grid with 3 seeds (only the new cells run after `make run`), the
 # three ablations of the paper (OSKT rows only, the teacher reused), then the report with the ablation rows.

@@ -18,3 +18,13 @@ def wait_healthy(url: str, timeout_s: float, what: str) -> None:
         except OSError:
             time.sleep(0.5)
     pytest.fail(f"{what} did not become healthy within {timeout_s:.0f} s")
+
+
+def forget_s3_clients() -> None:
+    """Drop s3fs's cached file systems: they keep the endpoint and credentials of the environment they were made in,
+    so a test that starts its own S3 server (another port) must not reuse those of an earlier one."""
+    try:
+        import s3fs
+    except ImportError:  # the pipeline extra is not installed: no S3 tests either
+        return
+    s3fs.S3FileSystem.clear_instance_cache()

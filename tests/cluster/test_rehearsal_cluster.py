@@ -28,7 +28,7 @@ pytest.importorskip("mlflow")
 pytest.importorskip("moto")
 
 from tests.flows.conftest import stack_env  # noqa: E402
-from tests.servers import wait_healthy  # noqa: E402
+from tests.servers import forget_s3_clients, wait_healthy  # noqa: E402
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.slow]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -61,6 +61,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, di
         mp.delenv(k, raising=False)
     import boto3
 
+    forget_s3_clients()
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     mport = _free_port()
     mlflow = subprocess.Popen(
@@ -94,6 +95,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, di
             mlflow.wait()
         moto.stop()
         mp.undo()
+        forget_s3_clients()  # the s3fs clients made here point at this test's S3 server
 
 
 def test_grid_on_a_two_node_cluster_with_everything_on_s3(services) -> None:  # noqa: ANN001

@@ -70,6 +70,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         mp.setenv(k, v)
     import boto3
 
+    from tests.servers import forget_s3_clients
+
+    forget_s3_clients()  # an earlier test's S3 server (another endpoint) may have been cached in this process
     boto3.client("s3").create_bucket(Bucket=BUCKET)
 
     import ray
@@ -86,3 +89,4 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             ray.shutdown()
             moto.stop()
             mp.undo()
+            forget_s3_clients()

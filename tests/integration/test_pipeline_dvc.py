@@ -223,6 +223,27 @@ def test_repro_with_nothing_changed_is_a_fast_noop(repo) -> None:  # noqa: ANN00
     assert time.perf_counter() - t0 <= 10.0
 
 
+def test_oskt_eval_on_a_cell_checkpoint_of_the_run_gives_the_cell_s_own_figure(repo) -> None:  # noqa: ANN001
+    """The README's `oskt eval` on a student the pipeline trained: the plain protocol reproduces the mAP the cell
+    recorded, and re-ranking / flip / the pictures come with it."""
+    repo, env = repo
+    cell = os.path.join(repo, "outputs", "students", "synth_a--synth_a__S1__oskt__seed0__fs1")
+    out = os.path.join(repo, "eval-s1")
+    ckpt = os.path.join(cell, "finetune", "student.pt")
+    cmd = [sys.executable, "-m", "oskt", "eval", "--checkpoint", ckpt, "--data", "synth_a", "--no-track", "-o", out]
+    _run(cmd, repo, env)
+    recorded = json.loads(_read(os.path.join(cell, "result.json")))["metrics"]["mAP"]
+    assert json.loads(_read(os.path.join(out, "metrics.json")))["mAP"] == pytest.approx(recorded, abs=1e-6)
+    r = _run(
+        [sys.executable, "-m", "oskt", "eval", "--checkpoint", ckpt, "--data", "synth_a", "--rerank", "--flip"]
+        + ["--visrank", "5", "--visrank-max", "2", "--no-track", "-o", out + "-rr"],
+        repo,
+        env,
+    )
+    assert "re-ranking" in r.stdout and len(os.listdir(os.path.join(out + "-rr", "visrank"))) == 2
+    assert {r["state"] for r in _plan(repo, env)} == {"done"}  # evaluating trained nothing and changed no job
+
+
 def test_adding_a_chain_width_reruns_only_the_new_chain_and_the_oskt_cell_it_changes(repo) -> None:  # noqa: ANN001
     repo, env = repo
     before = _snapshot(repo)
