@@ -157,5 +157,5 @@ def test_plain_state_dict_names_a_few_keys_on_a_short_line(work: Path) -> None:
     torch.save({f"backbone.layer{i:03d}.weight": torch.zeros(1) for i in range(300)}, ckpt)
     line = _fails_cleanly(["export", "--checkpoint", str(ckpt), "-o", str(work / "s.onnx")], work)
     assert "is a plain state dict of 300 keys ('backbone.layer000.weight'" in line
-    assert "layer299" not in line and len(line) < 400, line
+    assert "layer299" not in line and len(line.replace(str(ckpt), "")) < 330, line
     assert "expected an oskt checkpoint" in line and "teacher.pretrained" in line
