@@ -101,12 +101,13 @@ def _marker(root: str) -> dict[str, Any]:
 
 def _finished(cfg: Config) -> dict[str, float]:
     """``result.json`` → mtime of every finished job (what changes when a run trained something)."""
+    from oskt.jobs import RESULT_FILE
     from oskt.pipeline.graph import jobs_from_config
     from oskt.pipeline.records import Paths
 
     paths, out = Paths(cfg.compute.out_dir), {}
     for job in jobs_from_config(cfg).jobs():
-        p = os.path.join(paths.job_dir(job), "result.json")
+        p = os.path.join(paths.job_dir(job), RESULT_FILE)
         if os.path.exists(p):
             out[p] = os.path.getmtime(p)
     return out
@@ -198,14 +199,14 @@ def _parent_run(cfg: Config) -> str:
 
 def _nodes(cfg: Config) -> list[str]:
     """The distinct nodes the grid's cells ran on (``node`` in each cell's ``result.json``)."""
+    from oskt.jobs import read_result
     from oskt.pipeline.graph import jobs_from_config
     from oskt.pipeline.records import Paths
-    from oskt.pipeline.rehearsal import recorded_job
 
     paths = Paths(cfg.compute.out_dir)
     found = set()
     for cell in jobs_from_config(cfg).cells:
-        rec = recorded_job(paths.job_dir(cell))
+        rec = read_result(paths.job_dir(cell))
         if rec is not None and rec.extra.get("node"):
             found.add(str(rec.extra["node"]))
     return sorted(found)

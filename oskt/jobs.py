@@ -58,6 +58,7 @@ __all__ = [
     "job_key",
     "job_status",
     "record_result",
+    "read_result",
     "reuse",
     "cell_label",
     "checkpoint_identity",
@@ -409,15 +410,20 @@ def _record(data: dict[str, Any]) -> JobRecord | None:
         return None
 
 
-def reuse(out_dir: str, job: Job) -> JobRecord | None:
-    """The finished result of ``job`` in ``out_dir``: its ``result.json`` when the recorded key equals the job's and
-    every recorded file exists; None otherwise (missing, another job's result, or a lost file)."""
+def read_result(out_dir: str) -> JobRecord | None:
+    """The finished job record in ``out_dir`` whatever its key: its ``result.json`` when it parses and every recorded
+    file exists; None otherwise (missing, unreadable, or a lost file)."""
     rec = _record(_read_json(io.join(out_dir, RESULT_FILE)) or {})
-    if rec is None or rec.key != job_key(job):
-        return None
-    if not all(io.exists(p) for p in rec.files.values()):
+    if rec is None or not all(io.exists(p) for p in rec.files.values()):
         return None
     return rec
+
+
+def reuse(out_dir: str, job: Job) -> JobRecord | None:
+    """The finished result of ``job`` in ``out_dir``: its ``result.json`` (:func:`read_result`) when the recorded key
+    equals the job's; None otherwise (missing, another job's result, or a lost file)."""
+    rec = read_result(out_dir)
+    return rec if rec is not None and rec.key == job_key(job) else None
 
 
 def start_job(out_dir: str, job: Job, extra: dict[str, Any] | None = None) -> None:

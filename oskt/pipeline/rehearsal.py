@@ -33,7 +33,7 @@ from typing import Any
 from oskt import io
 from oskt.config import METHODS, Config, load_config
 from oskt.errors import ConfigError
-from oskt.jobs import RESULT_FILE, JobRecord, reuse
+from oskt.jobs import read_result, reuse
 from oskt.pipeline.graph import datasets_used, jobs_from_config
 from oskt.pipeline.records import Paths
 
@@ -43,7 +43,6 @@ __all__ = [
     "RehearsalSummary",
     "rehearsal_config",
     "rehearsal_overrides",
-    "recorded_job",
     "rehearsal_summary",
     "report_gaps",
     "small_overrides",
@@ -291,27 +290,6 @@ def report_gaps(markdown: str) -> list[str]:
     return gaps
 
 
-def recorded_job(out_dir: str) -> JobRecord | None:
-    """The finished job record in ``out_dir`` whatever its key (``result.json``, all its files there), else None."""
-    path = io.join(out_dir, RESULT_FILE)
-    if not io.exists(path):
-        return None
-    try:
-        d = io.read_json(path)
-        rec = JobRecord(
-            key=str(d["key"]),
-            kind=str(d["kind"]),
-            files={str(k): str(v) for k, v in d.get("files", {}).items()},
-            metrics={str(k): float(v) for k, v in d.get("metrics", {}).items()},
-            seconds=float(d.get("seconds", 0.0)),
-            job=dict(d.get("job", {})),
-            extra=dict(d.get("extra", {})),
-        )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return rec if all(io.exists(p) for p in rec.files.values()) else None
-
-
 def rehearsal_summary(
     cfg: Config, *, seconds: float = 0.0, lock: str = "dvc.lock", by_record: bool = False
 ) -> RehearsalSummary:
@@ -329,7 +307,7 @@ def rehearsal_summary(
     peak_rss = peak_cuda = 0.0
     cells_ok = 0
     for job in graph.jobs():
-        rec = recorded_job(paths.job_dir(job)) if by_record else reuse(paths.job_dir(job), job)
+        rec = read_result(paths.job_dir(job)) if by_record else reuse(paths.job_dir(job), job)
         if rec is None:
             missing.append(f"{job.kind} {job.label}")
             continue
