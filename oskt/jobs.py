@@ -60,6 +60,7 @@ __all__ = [
     "record_result",
     "read_result",
     "reuse",
+    "settings",
     "cell_label",
     "checkpoint_identity",
     "spec_of",
@@ -317,26 +318,26 @@ def _equal(a: Any, b: Any) -> bool:
         return False
 
 
-def _fields(obj: Any) -> dict[str, Any]:
-    """The fields that identify ``obj``: not run options, and not at their declared default (so a setting added to
-    the code later, at a default that keeps today's behaviour, changes no existing key)."""
+def _fields(obj: Any, defaults: bool = False) -> dict[str, Any]:
+    """The fields that identify ``obj``: not run options, and (unless ``defaults``) not at their declared default (so
+    a setting added to the code later, at a default that keeps today's behaviour, changes no existing key)."""
     out = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        if f.metadata.get("identity", True) and not _equal(value, _default(f)):
+        if f.metadata.get("identity", True) and (defaults or not _equal(value, _default(f))):
             out[f.name] = value
     return out
 
 
-def _identity(obj: Any) -> Any:
+def _identity(obj: Any, defaults: bool = False) -> Any:
     if _is_job(obj):
         return {"job": obj.kind, "key": job_key(obj)}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {k: _identity(v) for k, v in _fields(obj).items()}
+        return {k: _identity(v, defaults) for k, v in _fields(obj, defaults).items()}
     if isinstance(obj, dict):
-        return {str(k): _identity(v) for k, v in sorted(obj.items())}
+        return {str(k): _identity(v, defaults) for k, v in sorted(obj.items())}
     if isinstance(obj, (list, tuple)):
-        return [_identity(v) for v in obj]
+        return [_identity(v, defaults) for v in obj]
     return obj
 
 
@@ -344,6 +345,13 @@ def describe(job: Job) -> dict[str, Any]:
     """The job's identity: its kind and fields (run options and fields at their declared default left out; nested
     jobs as ``{"job", "key"}``: a nested job's own fields are never expanded, its key stands for them)."""
     return {"kind": job.kind, "format": JOB_FORMAT, **{k: _identity(v) for k, v in _fields(job).items()}}
+
+
+def settings(job: Job) -> dict[str, Any]:
+    """Everything the job runs with, as :func:`describe` but with the fields at their declared default too: what a
+    run's MLflow page shows (the whole recipe, e.g. ``recipe.epochs`` also when it is the default). Run options stay
+    out (they change no result, and a tracking URI may carry credentials); nested jobs are ``{"job", "key"}``."""
+    return {"kind": job.kind, "format": JOB_FORMAT, **{k: _identity(v, True) for k, v in _fields(job, True).items()}}
 
 
 def job_key(job: Job) -> str:

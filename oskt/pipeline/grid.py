@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from oskt import io
-from oskt.jobs import CellJob, JobRecord, RunOptions, describe, flatten, record_result, reuse, start_job
+from oskt.jobs import CellJob, JobRecord, RunOptions, flatten, record_result, reuse, settings, start_job
 from oskt.pipeline.cell import complexity, train_cell
 from oskt.pipeline.records import CellResult, Paths, TrackingTarget
 from oskt.tracking import NullTracker, Tracker
@@ -137,7 +137,7 @@ def run_cell(
 
         kill_if_running(target.uri, _previous_attempt(out_dir))  # an earlier attempt died mid-cell
         tracker = start_run(target, f"cell:{job.label}", {**cell_tags(job), "oskt.node": node_name()})
-        tracker.log_params({f"job.{k}": v for k, v in flatten(describe(job)).items()})
+        tracker.log_params({f"job.{k}": v for k, v in flatten(settings(job)).items()})
     node = node_name()
     start_job(out_dir, job, {"pid": os.getpid(), "node": node, "run_id": tracker.run_id if tracker else ""})
     t0 = time.perf_counter()

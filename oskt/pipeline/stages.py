@@ -18,7 +18,7 @@ from typing import Any
 from oskt import io
 from oskt.data.refs import DatasetRef
 from oskt.errors import DataError
-from oskt.jobs import CellJob, ChainJob, RunOptions, TeacherJob, describe, flatten, reuse
+from oskt.jobs import CellJob, ChainJob, RunOptions, TeacherJob, flatten, reuse, settings
 from oskt.pipeline.cell import complexity, train_cell, upstream_checkpoint
 from oskt.pipeline.grid import ComplexityFn, Engine, TrainFn, run_grid, serial
 from oskt.pipeline.records import CellResult, DataRecord, Paths, StageRecord, TrackingTarget
@@ -137,7 +137,7 @@ def train_teacher(
         return _stage_record("teacher", job.label, out_dir, job.key, done, True)
     target = with_data_version(target, paths)
     tags = {"oskt.kind": "stage", "oskt.stage": "teacher", "oskt.key": job.key, "source": job.label}
-    with stage_run(target, f"teacher:{job.label}", tags, flatten(describe(job))) as tracker:
+    with stage_run(target, f"teacher:{job.label}", tags, flatten(settings(job))) as tracker:
         t0 = time.perf_counter()
         r = _train(job, out_dir, run=run, tracker=tracker, resume=True)
         log.info("teacher %s: %.1f s", job.label, time.perf_counter() - t0)
@@ -175,7 +175,7 @@ def refine_chain(
         "source": job.data.name,
         "chain_width": str(job.width),
     }
-    with stage_run(target, f"chain:{job.data.name}:w{job.width}", tags, flatten(describe(job))) as tracker:
+    with stage_run(target, f"chain:{job.data.name}:w{job.width}", tags, flatten(settings(job))) as tracker:
         r = _refine(job, teacher_ckpt, out_dir, run=run, tracker=tracker, resume=True)
         # the chain and the teacher refined jointly with it
         _log_outputs(tracker, target, out_dir, [r.files["checkpoint"], r.files["refined_teacher"]])

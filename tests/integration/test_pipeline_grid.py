@@ -98,9 +98,10 @@ def test_stages_log_a_run_tree_and_the_report_lists_every_method(env: str) -> No
     for tag in ("method", "student", "scenario", "seed", "git_commit", "data_version", "oskt.key", "oskt.node"):
         assert tag in r.data.tags, tag
     assert r.data.tags["data_version"].startswith("manifest-")
-    # the job's identity as params: fields away from their declared default (smoke's 1 epoch is the default)
+    # the job's whole settings as params, fields at their declared default included (smoke's 1 epoch is one)
     assert r.data.params["job.recipe.ids_per_batch"] == str(cfg.train.ids_per_batch)
-    assert r.data.params["job.method"] == r.data.tags["method"] and "job.recipe.epochs" not in r.data.params
+    assert r.data.params["job.method"] == r.data.tags["method"]
+    assert r.data.params["job.recipe.epochs"] == str(cfg.students.epochs)
     assert {"mAP", "rank1", "params", "macs"} <= set(r.data.metrics)
     from mlflow.tracking import MlflowClient
 

@@ -10,7 +10,7 @@ import pytest
 
 from oskt import io
 from oskt.config import PROFILES, dump_config, load_config
-from oskt.jobs import job_key, job_status, record_result, reuse, start_job
+from oskt.jobs import describe, flatten, job_key, job_status, record_result, reuse, settings, start_job
 from oskt.pipeline.graph import config_reads, jobs_from_config, stage_reads, teacher_job
 from oskt.pipeline.records import Paths
 
@@ -45,6 +45,19 @@ def test_the_grid_is_the_full_product_with_unique_labels() -> None:
     c = next(c for c in g.cells if c.method == "oskt" and c.student_name == "S2" and c.scenario == "synth_a->synth_b")
     assert c.label == "synth_a--synth_b__S2__oskt__seed0__fs0.5" or c.label.startswith("synth_a--synth_b__S2__oskt")
     assert Paths("out").job_dir(c) == os.path.join("out", "students", c.label)
+
+
+def test_settings_show_the_whole_recipe_while_the_key_keeps_only_what_differs() -> None:
+    cfg = load_config(profile="quick")
+    cell = next(c for c in jobs_from_config(cfg).cells if c.method == "kdpp")
+    full, ident = flatten(settings(cell)), flatten(describe(cell))
+    assert set(ident) < set(full) and all(full[k] == v for k, v in ident.items())
+    # fields at their declared default are in the settings (what MLflow shows), not in the identity (the key)
+    assert full["recipe.epochs"] == cfg.students.epochs and full["recipe.label_smoothing"] == cfg.train.label_smoothing
+    assert not any(k.startswith("run.") or k == "run" for k in full)  # run options never (a URI may carry secrets)
+    # a nested job stands as its key in both, never as its own fields
+    assert full["teacher"] == ident["teacher"] == f"teacher {job_key(cell.teacher)}"
+    assert not any(k.startswith("teacher.") for k in full)
 
 
 def test_a_cell_names_only_the_upstream_jobs_its_method_reads() -> None:
