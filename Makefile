@@ -8,7 +8,7 @@ STAMP := $(VENV)/.oskt-synced
 export UV_PYTHON_DOWNLOADS := never
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: setup run test lint bench results results-vit results-eval rehearse clean-env
+.PHONY: setup run test lint bench results results-fewshot results-long results-vit results-eval rehearse clean-env
 
 $(STAMP): pyproject.toml uv.lock
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
@@ -37,6 +37,27 @@ results: run
 	$(VENV)/bin/oskt run --ablation cosine --set chain.metric=cosine
 	$(VENV)/bin/oskt run --ablation one-chain --set 'chain.widths=[8]'
 	$(VENV)/bin/oskt report
+
+# The few-shot table of docs/results.md (the paper's third claim; SPEC.md §5: S1, the cross scenario, a random
+# 10 / 30 / 50 % of the target's training identities, drawn per seed): the cells join the main run's folder and
+# MLflow store (its teacher, chains and KD++ / OFA-KD source phases are reused by key), the grid's report goes to
+# outputs/fewshot/report, and the main report is rebuilt for $(SEEDS) (`oskt run` wrote the few-shot one there).
+FEWSHOT := --set 'students.few_shot=[0.1,0.3,0.5]' --set 'students.scenarios=[synth_a->synth_b]' \
+    --set 'students.names=[S1]' --set 'students.seeds=$(SEEDS)'
+results-fewshot: setup
+	$(VENV)/bin/oskt run --orchestrator prefect $(FEWSHOT)
+	$(VENV)/bin/oskt report $(FEWSHOT) --out-dir outputs/fewshot
+	$(VENV)/bin/oskt report --set 'students.seeds=$(SEEDS)'
+
+# The long-budget table of docs/results.md (quick_long: 24 fine-tune epochs instead of 4, everything else quick's)
+# in its own folder and MLflow store; quick's teacher and chains are adopted from outputs/ (compute.reuse_from), so
+# run `make run` first. LONG_STUDENTS=[S1] for the columns at chain width only (a third of the cells).
+LONG_STUDENTS ?= [S1,S2,S3]
+results-long: setup
+	$(VENV)/bin/oskt run --params outputs/long/params.yaml --profile quick_long --orchestrator prefect \
+	    --set compute.out_dir=outputs/long --set 'compute.reuse_from=[outputs]' \
+	    --set tracking.uri=sqlite:///outputs/long/mlflow.db --set 'students.seeds=$(SEEDS)' \
+	    --set 'students.names=$(LONG_STUDENTS)'
 
 # The ViT comparison of docs/results.md (quick_vit: ViT teacher dim 192, chain 96, students 96 / 120, 3 seeds),
 # in its own folder and MLflow store: about 35 min on 2 cores.

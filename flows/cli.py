@@ -51,7 +51,7 @@ def run_stage(args: argparse.Namespace) -> int:
     no_telemetry()
     preflight(cfg)
     write_resolved(cfg, cfg.compute.out_dir)  # the whole resolved config next to the jobs it made
-    paths, target, run = Paths(cfg.compute.out_dir), stage_target(cfg), run_options(cfg)
+    paths, target, run = Paths.of(cfg.compute), stage_target(cfg), run_options(cfg)
     graph = jobs_from_config(cfg)
     name = args.stage
     if name == "prepare":

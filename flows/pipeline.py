@@ -44,7 +44,7 @@ def oskt_pipeline(
     """Run every stage; the student grid is a subflow mapped on Ray."""
     cfg = load_config(params=params, profile=profile, overrides=tuple(overrides or ()))
     preflight(cfg)  # one clear error before any training when MLflow / S3 cannot be reached
-    paths, run, graph = Paths(cfg.compute.out_dir), run_options(cfg), jobs_from_config(cfg)
+    paths, run, graph = Paths.of(cfg.compute), run_options(cfg), jobs_from_config(cfg)
     with pipeline_run(cfg, name="prefect:oskt-pipeline") as target:
         prepare_task([dataset_ref(n, cfg.data) for n in datasets_used(cfg)], paths, target, cfg.data.bad_images, run)
         teachers = {s: teacher_task.submit(j, paths, target, run) for s, j in graph.teachers.items()}

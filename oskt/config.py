@@ -653,6 +653,12 @@ class ComputeConfig:
     tasks) or ``serial`` (one after another in the stage process)."""
     ray_num_cpus: int = 0
     """CPUs of a local Ray (0 = every CPU this process may use); ignored with a cluster address."""
+    reuse_from: tuple[str, ...] = ()
+    """Other output roots (folders or ``s3://``) whose finished teacher and chain jobs this run uses when its own
+    ``out_dir`` has none and the job key is the same: a run into another folder starts from their work instead of
+    retraining it (``quick_long`` into ``outputs/long`` from ``quick``'s teacher and chains; every ablation from the
+    main run's). Only the finished job's ``result.json`` is copied here; it names the files where they are, and
+    nothing in those roots is written. Cells are never taken from them (a grid's cells are its own)."""
 
     def __post_init__(self) -> None:
         index = self.device[len("cuda:") :] if self.device.startswith("cuda:") else ""
@@ -668,6 +674,13 @@ class ComputeConfig:
         _check(self.max_retries >= 0, "compute.max_retries", self.max_retries, "an integer >= 0")
         _check(self.engine in ENGINES, "compute.engine", self.engine, f"one of {ENGINES}")
         _check(self.ray_num_cpus >= 0, "compute.ray_num_cpus", self.ray_num_cpus, "an integer >= 0 (0 = all)")
+        for root in self.reuse_from:
+            _check(
+                isinstance(root, str) and bool(root.strip()) and root.rstrip("/") != self.out_dir.rstrip("/"),
+                "compute.reuse_from",
+                root,
+                "a list of other output roots (folders or s3:// URLs), none of them compute.out_dir",
+            )
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,9 @@
 
 The paper's ablations are config switches (``chain.init=random`` vs ``center``, ``chain.metric=cosine`` vs
 ``euclidean``, one chain ``chain.widths=[8]`` vs several). An ablation named NAME runs the whole pipeline (Prefect
-flow, grid on Ray, MLflow) with its overrides, the OSKT method only, into ``<out>/ablations/NAME``; the main run's
-teachers are reused (their ``result.json`` is copied, so the teacher stage finds a finished run with the same
-key and trains nothing). ``ablation.json`` in that folder records the overrides; ``oskt report`` on the main
+flow, grid on Ray, MLflow) with its overrides, the OSKT method only, into ``<out>/ablations/NAME``, with the main
+run's output root as ``compute.reuse_from``: its teachers (and any chain whose key the overrides leave unchanged)
+are adopted, not retrained (``oskt.pipeline.stages.finished``). ``ablation.json`` in that folder records the overrides; ``oskt report`` on the main
 config finds every recorded ablation and adds a row ``OSKT (NAME)`` per scenario table, from MLflow alone.
 
     oskt run --ablation random-init --set chain.init=random
@@ -13,13 +13,13 @@ config finds every recorded ablation and adds a row ``OSKT (NAME)`` per scenario
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 
 from oskt import io
 from oskt.config import Config, with_overrides
 from oskt.errors import ConfigError
-from oskt.pipeline.records import Paths
 
 ABLATIONS_DIR = "ablations"
 ABLATION_FILE = "ablation.json"
@@ -38,7 +38,12 @@ def ablation_overrides(cfg: Config, name: str, overrides: Sequence[str]) -> list
         raise ConfigError(f"ablation name {name!r} is not allowed: expected letters, digits, '.', '_' or '-'")
     if not overrides:
         raise ConfigError(f"ablation {name!r} has no --set KEY=VALUE: an ablation must change a setting")
-    return [*overrides, f"students.methods=[{METHOD}]", f"compute.out_dir={ablation_dir(cfg.compute.out_dir, name)}"]
+    return [
+        *overrides,
+        f"students.methods=[{METHOD}]",
+        f"compute.out_dir={ablation_dir(cfg.compute.out_dir, name)}",
+        f"compute.reuse_from={json.dumps([cfg.compute.out_dir, *cfg.compute.reuse_from])}",
+    ]
 
 
 def ablation_config(cfg: Config, name: str, overrides: Sequence[str]) -> Config:
@@ -47,20 +52,10 @@ def ablation_config(cfg: Config, name: str, overrides: Sequence[str]) -> Config:
 
 
 def prepare_ablation(cfg: Config, name: str, overrides: Sequence[str]) -> Config:
-    """Resolve the ablation's config, record it in ``ablation.json`` and point its teachers at the main run's.
-
-    Returns the ablation's config (what the pipeline then runs)."""
-    from oskt.jobs import RESULT_FILE
-
+    """Resolve the ablation's config and record it in ``ablation.json`` (its teachers come from the main run through
+    ``compute.reuse_from``). Returns the ablation's config (what the pipeline then runs)."""
     acfg = ablation_config(cfg, name, overrides)
-    main, abl = Paths(cfg.compute.out_dir), Paths(acfg.compute.out_dir)
     io.makedirs(acfg.compute.out_dir)
-    for source in acfg.data.sources:
-        src = io.join(main.teacher_dir(source), RESULT_FILE)
-        dst = io.join(abl.teacher_dir(source), RESULT_FILE)
-        if io.exists(src) and not io.exists(dst):
-            io.makedirs(abl.teacher_dir(source))
-            io.write_bytes_atomic(dst, io.read_bytes(src))
     io.write_json_atomic(io.join(acfg.compute.out_dir, ABLATION_FILE), {"name": name, "overrides": list(overrides)})
     return acfg
 

@@ -28,6 +28,13 @@ class Paths:
     """
 
     root: str = "outputs"
+    reuse_from: tuple[str, ...] = ()
+    """Other roots whose finished teachers and chains may be adopted (``compute.reuse_from``)."""
+
+    @classmethod
+    def of(cls, compute: Any) -> Paths:
+        """The layout of a config's ``compute`` section (its ``out_dir`` and ``reuse_from``)."""
+        return cls(compute.out_dir, tuple(compute.reuse_from))
 
     def prepare_manifest(self) -> str:
         return io.join(self.root, "prepare", "manifest.json")

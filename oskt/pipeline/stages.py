@@ -18,7 +18,7 @@ from typing import Any
 from oskt import io
 from oskt.data.refs import DatasetRef
 from oskt.errors import DataError
-from oskt.jobs import CellJob, ChainJob, RunOptions, TeacherJob, flatten, reuse, settings
+from oskt.jobs import RESULT_FILE, CellJob, ChainJob, JobRecord, RunOptions, TeacherJob, flatten, reuse, settings
 from oskt.pipeline.cell import complexity, train_cell, upstream_checkpoint
 from oskt.pipeline.grid import ComplexityFn, Engine, TrainFn, run_grid, serial
 from oskt.pipeline.records import CellResult, DataRecord, Paths, StageRecord, TrackingTarget
@@ -103,6 +103,23 @@ def prepare_data(
 # ---------------------------------------------------------------------------------------------------- teacher
 
 
+def finished(job: TeacherJob | ChainJob, paths: Paths) -> JobRecord | None:
+    """The job's finished result in its folder, or else one with the same key in a ``paths.reuse_from`` root,
+    adopted: its ``result.json`` is copied into this run's folder (it names the files where they are), so every
+    later reader of this run finds it as its own. None when neither has it."""
+    out_dir = paths.job_dir(job)
+    if (done := reuse(out_dir, job)) is not None:
+        return done
+    for root in paths.reuse_from:
+        other = Paths(root).job_dir(job)
+        if (done := reuse(other, job)) is not None:
+            io.makedirs(out_dir)
+            io.write_bytes_atomic(io.join(out_dir, RESULT_FILE), io.read_bytes(io.join(other, RESULT_FILE)))
+            log.info("%s %s: finished in %s (same key %s), reused", job.kind, job.label, other, job.key)
+            return done
+    return None
+
+
 def _stage_record(stage: str, label: str, out_dir: str, key: str, result: Any, reused: bool) -> StageRecord:
     return StageRecord(
         stage=stage,
@@ -133,7 +150,7 @@ def train_teacher(
     from oskt.pipeline.run import with_data_version
 
     out_dir = paths.job_dir(job)
-    if (done := reuse(out_dir, job)) is not None:
+    if (done := finished(job, paths)) is not None:
         return _stage_record("teacher", job.label, out_dir, job.key, done, True)
     target = with_data_version(target, paths)
     tags = {"oskt.kind": "stage", "oskt.stage": "teacher", "oskt.key": job.key, "source": job.label}
@@ -164,7 +181,7 @@ def refine_chain(
     from oskt.pipeline.run import with_data_version
 
     out_dir = paths.job_dir(job)
-    if (done := reuse(out_dir, job)) is not None:
+    if (done := finished(job, paths)) is not None:
         return _stage_record("chain", job.label, out_dir, job.key, done, True)
     target = with_data_version(target, paths)
     teacher_ckpt = upstream_checkpoint(paths, job.teacher)  # type: ignore[arg-type]

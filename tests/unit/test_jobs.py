@@ -206,3 +206,41 @@ def test_dvc_repo_files_are_commit_ready() -> None:
     assert os.path.exists(os.path.join(ROOT, ".dvcignore"))
     with open(os.path.join(ROOT, ".gitignore")) as f:
         assert "/dvc-remote/" in f.read()
+
+
+def test_a_run_in_another_folder_adopts_finished_upstream_jobs_of_the_same_key_only(tmp_path) -> None:  # noqa: ANN001
+    from types import SimpleNamespace
+
+    from oskt.pipeline.stages import train_teacher
+
+    cfg = load_config(profile="quick")
+    job = teacher_job(cfg, "synth_a")
+    main, new = str(tmp_path / "main"), str(tmp_path / "long")
+    out = Paths(main).job_dir(job)
+    ckpt = os.path.join(out, "teacher.pt")
+    io.write_bytes_atomic(ckpt, b"weights")
+    record_result(out, job, files={"checkpoint": ckpt}, metrics={"mAP": 0.5}, seconds=1.0)
+    before = {p: os.path.getmtime(p) for p in (ckpt, os.path.join(out, "result.json"))}
+    trained: list[str] = []
+
+    def fake_train(j, out_dir, **_):  # noqa: ANN001, ANN202
+        trained.append(out_dir)
+        c = os.path.join(out_dir, "teacher.pt")
+        io.write_bytes_atomic(c, b"new")
+        record_result(out_dir, j, files={"checkpoint": c}, metrics={"mAP": 0.1}, seconds=2.0)
+        return SimpleNamespace(checkpoint=c, metrics={"mAP": 0.1}, seconds=2.0, reused=False)
+
+    paths = Paths.of(
+        load_config(profile="quick", overrides=[f"compute.out_dir={new}", f"compute.reuse_from=[{main}]"]).compute
+    )
+    r = train_teacher(job, paths, train=fake_train)
+    assert r.reused and trained == [] and r.checkpoint == ckpt and r.metrics["mAP"] == 0.5
+    assert reuse(paths.job_dir(job), job) is not None  # adopted: this run's folder now has it as its own
+    # nothing in the other root was written or added
+    assert {p: os.path.getmtime(p) for p in before} == before
+    assert sorted(os.listdir(out)) == ["result.json", "teacher.pt"]
+    # another key (a changed recipe) is never adopted: it trains in this run's folder, the main run's stays
+    other = teacher_job(load_config(profile="quick", overrides=["teacher.seed=3"]), "synth_a")
+    r2 = train_teacher(other, Paths(str(tmp_path / "seed3"), (main,)), train=fake_train)
+    assert not r2.reused and trained == [Paths(str(tmp_path / "seed3")).job_dir(other)]
+    assert reuse(out, job) is not None and io.read_bytes(ckpt) == b"weights"

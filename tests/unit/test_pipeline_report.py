@@ -76,14 +76,13 @@ def test_ablation_configs_are_recorded_and_found(tmp_path) -> None:  # noqa: ANN
     from oskt.pipeline.records import Paths
 
     cfg = load_config(profile="smoke", overrides=[f"compute.out_dir={tmp_path}/out"])
-    teacher = Paths(cfg.compute.out_dir).teacher_dir(cfg.data.sources[0])
-    oio.write_json_atomic(oio.join(teacher, "result.json"), {"key": "abc", "files": {"checkpoint": "x"}})
     acfg = prepare_ablation(cfg, "cosine", ["chain.metric=cosine"])
     assert acfg.chain.metric == "cosine" and acfg.students.methods == ("oskt",)
     assert acfg.compute.out_dir == f"{tmp_path}/out/ablations/cosine"
     assert acfg.teacher == cfg.teacher and acfg.students.names == cfg.students.names
-    copied = Paths(acfg.compute.out_dir).teacher_dir(cfg.data.sources[0])
-    assert oio.read_json(oio.join(copied, "result.json"))["key"] == "abc"  # the main teacher is reused
+    # the main run's teachers (and unchanged chains) are adopted from its root by key (tests/flows: not retrained)
+    assert Paths.of(acfg.compute).reuse_from == (cfg.compute.out_dir,)
+    assert oio.read_json(oio.join(acfg.compute.out_dir, "ablation.json"))["overrides"] == ["chain.metric=cosine"]
     assert find_ablations(cfg) == {"cosine": acfg}
     with pytest.raises(ConfigError, match="no --set"):
         ablation_config(cfg, "empty", [])
