@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -72,6 +73,10 @@ def run_guarded(fn: Callable[[argparse.Namespace], int | None], args: argparse.N
     except KeyboardInterrupt:
         print("oskt: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `oskt plan | head`: the reader has gone; no traceback, and none at exit either
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 QUIET_LOGGERS = ("httpx", "httpcore", "urllib3", "botocore", "boto3", "s3transfer", "aiobotocore", "s3fs", "filelock")

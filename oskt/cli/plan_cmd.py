@@ -11,11 +11,12 @@ from oskt.cli.common import add_config_args, config_from_args
 
 def plan_rows(cfg) -> list[dict]:  # noqa: ANN001 - a Config
     """One row per job: kind, label, key, state, changed fields, folder."""
-    from oskt.jobs import job_status
+    from oskt.jobs import CellJob, JobStatus, job_status
     from oskt.pipeline.graph import jobs_from_config
     from oskt.pipeline.records import Paths
+    from oskt.pipeline.stages import adoptable
 
-    paths = Paths(cfg.compute.out_dir)
+    paths = Paths.of(cfg.compute)
     rows = []
     graph = jobs_from_config(cfg)
     for label, why in graph.skipped:
@@ -23,6 +24,8 @@ def plan_rows(cfg) -> list[dict]:  # noqa: ANN001 - a Config
     for job in graph.jobs():
         out = paths.job_dir(job)
         st = job_status(out, job)
+        if st.state != "done" and not isinstance(job, CellJob) and (other := adoptable(job, paths)):
+            st = JobStatus("done", (f"finished in {other} (compute.reuse_from): adopted, not retrained",))
         rows.append(
             {"kind": job.kind, "label": job.label, "key": job.key, "state": st.state, "changed": list(st.changed)}
             | {"folder": out}

@@ -103,6 +103,15 @@ def prepare_data(
 # ---------------------------------------------------------------------------------------------------- teacher
 
 
+def adoptable(job: TeacherJob | ChainJob, paths: Paths) -> str | None:
+    """The folder, in one of ``paths.reuse_from``'s roots (in order), that holds the job finished with its key."""
+    for root in paths.reuse_from:
+        other = Paths(root).job_dir(job)
+        if reuse(other, job) is not None:
+            return other
+    return None
+
+
 def finished(job: TeacherJob | ChainJob, paths: Paths) -> JobRecord | None:
     """The job's finished result in its folder, or else one with the same key in a ``paths.reuse_from`` root,
     adopted: its ``result.json`` is copied into this run's folder (it names the files where they are), so every
@@ -110,14 +119,12 @@ def finished(job: TeacherJob | ChainJob, paths: Paths) -> JobRecord | None:
     out_dir = paths.job_dir(job)
     if (done := reuse(out_dir, job)) is not None:
         return done
-    for root in paths.reuse_from:
-        other = Paths(root).job_dir(job)
-        if (done := reuse(other, job)) is not None:
-            io.makedirs(out_dir)
-            io.write_bytes_atomic(io.join(out_dir, RESULT_FILE), io.read_bytes(io.join(other, RESULT_FILE)))
-            log.info("%s %s: finished in %s (same key %s), reused", job.kind, job.label, other, job.key)
-            return done
-    return None
+    if (other := adoptable(job, paths)) is None:
+        return None
+    io.makedirs(out_dir)
+    io.write_bytes_atomic(io.join(out_dir, RESULT_FILE), io.read_bytes(io.join(other, RESULT_FILE)))
+    log.info("%s %s: finished in %s (same key %s), reused", job.kind, job.label, other, job.key)
+    return reuse(out_dir, job)
 
 
 def _stage_record(stage: str, label: str, out_dir: str, key: str, result: Any, reused: bool) -> StageRecord:

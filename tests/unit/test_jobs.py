@@ -230,9 +230,12 @@ def test_a_run_in_another_folder_adopts_finished_upstream_jobs_of_the_same_key_o
         record_result(out_dir, j, files={"checkpoint": c}, metrics={"mAP": 0.1}, seconds=2.0)
         return SimpleNamespace(checkpoint=c, metrics={"mAP": 0.1}, seconds=2.0, reused=False)
 
-    paths = Paths.of(
-        load_config(profile="quick", overrides=[f"compute.out_dir={new}", f"compute.reuse_from=[{main}]"]).compute
-    )
+    new_cfg = load_config(profile="quick", overrides=[f"compute.out_dir={new}", f"compute.reuse_from=[{main}]"])
+    paths = Paths.of(new_cfg.compute)
+    from oskt.cli.plan_cmd import plan_rows
+
+    row = next(r for r in plan_rows(new_cfg) if r["kind"] == "teacher")  # `oskt plan` says so before the run
+    assert row["state"] == "done" and "adopted" in row["changed"][0] and out in row["changed"][0]
     r = train_teacher(job, paths, train=fake_train)
     assert r.reused and trained == [] and r.checkpoint == ckpt and r.metrics["mAP"] == 0.5
     assert reuse(paths.job_dir(job), job) is not None  # adopted: this run's folder now has it as its own

@@ -159,3 +159,21 @@ def test_plain_state_dict_names_a_few_keys_on_a_short_line(work: Path) -> None:
     assert "is a plain state dict of 300 keys ('backbone.layer000.weight'" in line
     assert "layer299" not in line and len(line.replace(str(ckpt), "")) < 330, line
     assert "expected an oskt checkpoint" in line and "teacher.pretrained" in line
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(work: Path) -> None:
+    """``oskt plan | head -1``: the pipe closes after the first line; the command ends quietly (141, as a shell
+    reports SIGPIPE) instead of printing a BrokenPipeError traceback."""
+    p = subprocess.Popen(
+        [sys.executable, "-m", "oskt", "plan", "--profile", "quick", "--set", "students.seeds=[0,1,2,3,4,5,6,7,8,9]"],
+        cwd=work,
+        env=_env(work),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert p.stdout is not None and p.stderr is not None
+    first = p.stdout.readline()
+    p.stdout.close()  # the reader goes away with most of the ~430 lines unread (more than a pipe buffer holds)
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) in (0, 141) and first.startswith(b"teacher")
+    assert "Traceback" not in err and "BrokenPipe" not in err, err[-2000:]
