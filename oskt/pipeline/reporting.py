@@ -25,7 +25,7 @@ from oskt.pipeline.records import Paths, ReportRecord, TrackingTarget
 METHOD_NAMES = {
     "oskt": "OSKT",
     "scratch": "Scratch",
-    "wtsel": "WtSel",
+    "wtsel": "WTSel",
     "kdpp": "KD++",
     "depgraph": "DepGraph",
     "ofa": "OFA-KD",

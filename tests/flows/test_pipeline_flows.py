@@ -48,7 +48,7 @@ def test_whole_pipeline_flow_with_data_and_artifacts_on_s3(stack, monkeypatch) -
     cfg = load_config(params=params)
     assert rec.markdown.startswith(f"s3://{stack.bucket}/s3run/out/report/")
     md = io.read_bytes(rec.markdown).decode()
-    for name in ("OSKT", "Scratch", "WtSel", "KD++", "DepGraph"):
+    for name in ("OSKT", "Scratch", "WTSel", "KD++", "DepGraph"):
         assert f"| {name} |" in md
     n = len(jobs_from_config(cfg).cells)
     assert rec.num_runs == n

@@ -83,7 +83,7 @@ def test_stages_log_a_run_tree_and_the_report_lists_every_method(env: str) -> No
         rec = report(cfg, paths, target)
     assert len(results) == len(jobs_from_config(cfg).cells) and not any(r.skipped for r in results)
     md = _read(rec.markdown)
-    for name in ("OSKT", "Scratch", "WtSel", "KD++", "DepGraph"):
+    for name in ("OSKT", "Scratch", "WTSel", "KD++", "DepGraph"):
         assert f"| {name} |" in md
     assert rec.num_runs == len(results)
     # one parent; stage and cell runs below it; cell runs carry the identifying tags, params and per-epoch metrics

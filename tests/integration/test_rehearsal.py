@@ -23,7 +23,7 @@ from tests.flows.conftest import stack_env  # noqa: E402
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.slow]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-METHOD_ROWS = ("OSKT", "Scratch", "WtSel", "KD++", "DepGraph", "OFA-KD", "RSD")
+METHOD_ROWS = ("OSKT", "Scratch", "WTSel", "KD++", "DepGraph", "OFA-KD", "RSD")
 
 
 def _text(*parts: str) -> str:
