@@ -219,3 +219,12 @@ sys.exit(run_guarded(job, argparse.Namespace()))
     assert r.returncode == 143 and marker.read_text() == "yes", r.stderr
     r = subprocess.run([sys.executable, "-c", code, "bad"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.strip() == "oskt: error: train.lr=-1 is not allowed"
+
+
+def test_reuse_from_must_name_other_roots() -> None:
+    cfg = load_config(profile="quick", overrides=["compute.reuse_from=[outputs_quick, 's3://bucket/quick']"])
+    assert cfg.compute.reuse_from == ("outputs_quick", "s3://bucket/quick") and cfg.compute.out_dir == "outputs"
+    with pytest.raises(ConfigError, match=r"compute.reuse_from='outputs/' is not allowed: expected a list of other"):
+        load_config(profile="quick", overrides=["compute.reuse_from=[outputs/]"])
+    with pytest.raises(ConfigError, match="compute.reuse_from"):
+        load_config(profile="quick", overrides=["compute.reuse_from=['']"])
