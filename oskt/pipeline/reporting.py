@@ -112,29 +112,45 @@ def curves(run_ids: dict[CellJob, str], target: TrackingTarget) -> dict[CellJob,
     return out
 
 
+def convergence_groups(cfg: Config, curves_: dict[CellJob, list[tuple[int, float]]]) -> list[tuple[str, float]]:
+    """The (scenario, few-shot fraction) pairs with at least one curve, in the config's order: the figure's rows
+    (a few-shot grid has a row per fraction, none for the full set it did not train)."""
+    return [
+        (sc, fs)
+        for sc in cfg.students.scenarios
+        for fs in cfg.students.few_shot
+        if any(c.scenario == sc and c.few_shot == fs for c in curves_)
+    ]
+
+
 def plot_convergence(cfg: Config, curves_: dict[CellJob, list[tuple[int, float]]]) -> bytes:
-    """PNG of mAP (%) vs fine-tune epoch, one line per method (mean over seeds), one panel per scenario (rows) and
-    student (columns): the paper's convergence figure."""
+    """PNG of mAP (%) vs fine-tune epoch, one line per method (mean over seeds), one panel per table row group
+    (scenario and few-shot fraction: the rows of panels) and student (columns): the paper's convergence figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    scen, names = list(cfg.students.scenarios), list(cfg.students.names)
-    fig, axes = plt.subplots(len(scen), len(names), figsize=(4 * len(names), 3.2 * len(scen)), squeeze=False)
-    for i, sc in enumerate(scen):
+    groups = convergence_groups(cfg, curves_)
+    names = list(cfg.students.names)
+    fig, axes = plt.subplots(len(groups), len(names), figsize=(4 * len(names), 3.2 * len(groups)), squeeze=False)
+    for i, (sc, fs) in enumerate(groups):
         for j, student in enumerate(names):
             ax = axes[i][j]
             for m in cfg.students.methods:
-                series = [c for c in curves_ if c.scenario == sc and c.student_name == student and c.method == m]
-                series = [curves_[c] for c in series if c.few_shot == 1.0]
+                series = [
+                    curves_[c]
+                    for c in curves_
+                    if c.scenario == sc and c.few_shot == fs and c.student_name == student and c.method == m
+                ]
                 if not series:
                     continue
                 epochs = sorted({e for s in series for e, _ in s})
                 mean = [statistics.fmean(_pct(v) for s in series for e2, v in s if e2 == e) for e in epochs]
                 ax.plot(epochs, mean, marker=".", label=method_label(m))
-            ax.set_title(f"{student}, {sc.replace('->', ' → ')}", fontsize=9)
+            few = f", few-shot {fs:g}" if fs < 1.0 else ""
+            ax.set_title(f"{student}, {sc.replace('->', ' → ')}{few}", fontsize=9)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("fine-tune epoch")
             ax.set_ylabel("mAP (%)")

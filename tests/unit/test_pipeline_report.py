@@ -90,3 +90,20 @@ def test_ablation_configs_are_recorded_and_found(tmp_path) -> None:  # noqa: ANN
         ablation_config(cfg, "../x", ["chain.init=random"])
     with pytest.raises(ConfigError, match="chain.nope"):
         ablation_config(cfg, "bad", ["chain.nope=1"])
+
+
+def test_the_convergence_figure_has_a_row_per_scenario_and_few_shot_fraction_it_trained() -> None:
+    from PIL import Image
+
+    from oskt.pipeline.reporting import convergence_groups, plot_convergence
+
+    few = ["students.few_shot=[0.1,0.3,0.5]", "students.scenarios=[synth_a->synth_b]", "students.names=[S1]"]
+    for overrides, rows in (([], [("synth_a->synth_a", 1.0), ("synth_a->synth_b", 1.0)]), (few, None)):
+        cfg = load_config(profile="quick", overrides=overrides)
+        cells = jobs_from_config(cfg).cells
+        curves = {c: [(1, 0.1 + 0.01 * c.seed), (2, 0.3)] for c in cells}
+        groups = convergence_groups(cfg, curves)
+        assert groups == (rows or [("synth_a->synth_b", f) for f in (0.1, 0.3, 0.5)])  # never an empty row
+        png = Image.open(io.BytesIO(plot_convergence(cfg, curves)))
+        assert png.size == (400 * len(cfg.students.names), 320 * len(groups))
+    assert convergence_groups(cfg, {}) == []  # no curve: no figure (the report leaves the section out)
