@@ -2,13 +2,14 @@
 and OSKT's margin over the best baseline, read from the ``report.csv`` that ``oskt report`` writes into each
 output folder (issue #19; the tables and their reading are in docs/results.md).
 
-Not a timing: the figures come from the grids already run (``make results``, the ``quick_long`` run into
-``outputs/long``, the few-shot run into ``outputs/fewshot``); this script only reads their reports. A report is
+Not a timing: the figures come from the grids already run (``make results``, ``make results-long`` into
+``outputs/long``, ``make results-fewshot`` into ``outputs/fewshot``); this script only reads their reports (by
+default the copies docs/results.md shows). A report is
 named ``PROFILE=PATH``; the few-shot fractions are the CSV's ``few_shot`` column, so one profile may have several
 reports as long as no (scenario, few-shot, student) appears twice.
 
     python bench/comparison.py            # the three default reports below
-    python bench/comparison.py --report quick=docs/results/report.csv --report quick_long=docs/results/long/report.csv
+    python bench/comparison.py --report quick=outputs/report/report.csv     # a fresh run instead
 
 Ablation rows (``oskt[NAME]``) are left out: the margin is OSKT against the baselines of the same grid. Last line:
 ``comparison: min_margin=<v> (goal > 0)``; the rows go to bench/results/comparison.json.
@@ -31,10 +32,12 @@ from oskt.errors import DataError  # noqa: E402
 from oskt.io import write_text_atomic  # noqa: E402
 
 DEFAULT_REPORTS = (
-    ("quick", "outputs/report/report.csv"),
-    ("quick_long", "outputs/long/report/report.csv"),
-    ("quick", "outputs/fewshot/report/report.csv"),
+    ("quick", "docs/results/quick7/report.csv"),
+    ("quick_long", "docs/results/long/report.csv"),
+    ("quick", "docs/results/fewshot/report.csv"),
 )
+"""The reports docs/results.md shows (copies of ``outputs/report``, ``outputs/long/report`` and
+``outputs/fewshot/report`` after ``make results``, ``make results-long`` and ``make results-fewshot``)."""
 NEEDED = ("scenario", "few_shot", "method", "student", "n_seeds", "mAP_mean", "mAP_std")
 
 

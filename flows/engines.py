@@ -54,6 +54,10 @@ NO_TELEMETRY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "DVC_NO_ANALYTICS": "1",
 }
+PREFECT_ENV = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+"""Prefect's temporary server (no ``PREFECT_API_URL``) gets 120 s to answer instead of 20: on a busy 2-core host
+(training beside it, the test suite's two workers) it took longer, and the grid stage failed with "Timed out while
+attempting to connect to ephemeral Prefect API server" although nothing was wrong."""
 WORKER_ENV = (
     "PYTHONPATH",
     "HF_HUB_OFFLINE",
@@ -67,8 +71,9 @@ LOCAL_HOST = "127.0.0.1"
 
 
 def no_telemetry() -> None:
-    """Set ``NO_TELEMETRY_ENV`` as defaults of this process (and so of what it starts)."""
-    for k, v in NO_TELEMETRY_ENV.items():
+    """Set ``NO_TELEMETRY_ENV`` and ``PREFECT_ENV`` as defaults of this process (and so of what it starts); a
+    value the user set wins."""
+    for k, v in {**NO_TELEMETRY_ENV, **PREFECT_ENV}.items():
         os.environ.setdefault(k, v)
 
 

@@ -222,3 +222,27 @@ def test_thread_tuner_follows_the_load_since_its_last_call(monkeypatch: pytest.M
         assert not runtime.ThreadTuner(ComputeConfig(deterministic=True)).active
     finally:
         torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize(("user", "expected"), [(None, 120), ("45", 45)])
+def test_prefects_temporary_server_gets_time_to_start_on_a_busy_host(user: str | None, expected: int) -> None:
+    """The grid stage failed on a loaded 2-core host with "Timed out while attempting to connect to ephemeral
+    Prefect API server" (Prefect allows 20 s); the pipeline's processes allow 120 s unless the user set a value."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    if user is not None:
+        env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = user
+    code = (
+        "from flows.engines import no_telemetry; no_telemetry(); "
+        "from prefect.settings import get_current_settings; "
+        "print(get_current_settings().server.ephemeral.startup_timeout_seconds)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=str(Path(__file__).resolve().parents[2]),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert int(r.stdout.strip().splitlines()[-1]) == expected
