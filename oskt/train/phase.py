@@ -237,6 +237,8 @@ def train_phase(
         history = list(ex.get("history", []))
         seconds_before = float(ex.get("seconds", 0.0))
         log.info("%s: resuming from %s after epoch %d/%d", ph.name, last, start, opts.epochs)
+        for rec in history:  # this attempt's run (MLflow: a new one) gets the whole curve, not only what follows
+            tracker.log_metrics({f"{ph.name}/{k}": float(v) for k, v in rec.items()}, step=int(rec["epoch"]))
     t0 = time.perf_counter()
 
     def evaluate(epoch: int, record: dict[str, float]) -> None:

@@ -31,7 +31,10 @@ def killer(epoch, record):
 
 cfg = load_config(profile="smoke", overrides=overrides)
 job = finetune_job(cfg, "synth_a", upstream="init", seed=3)
-finetune_student(job, init, out, run=RunOptions(device="cpu"), callbacks=[killer])
+from oskt.tracking import MemoryTracker
+tracker = MemoryTracker()
+finetune_student(job, init, out, run=RunOptions(device="cpu"), callbacks=[killer], tracker=tracker)
+print("logged epochs", json.dumps(sorted({s for s, m in tracker.metrics if "student/loss" in m})), flush=True)
 """
 
 
@@ -45,6 +48,8 @@ def _run(overrides: list[str], init: str, out: str, kill_after: int) -> tuple[in
         timeout=300,
     )
     assert r.returncode in (0, 1), r.stderr
+    logged = [json.loads(line[len("logged epochs ") :]) for line in r.stdout.splitlines() if line.startswith("logged")]
+    _run.logged = logged[-1] if logged else None  # type: ignore[attr-defined]
     return r.returncode, [int(line.split()[-1]) for line in r.stdout.splitlines() if line.startswith("ran epoch")]
 
 
@@ -78,6 +83,8 @@ def test_killed_run_resumes_bit_exact(tmp_path) -> None:  # noqa: ANN001
     assert _run(overrides, init, cut, 0) == (1, [0])  # killed after epoch 1 of 3
     assert os.path.exists(os.path.join(cut, "last.pt")) and not os.path.exists(os.path.join(cut, "student.pt"))
     assert _run(overrides, init, cut, -1) == (0, [1, 2])  # a fresh process resumes from last.pt
+    # its tracker (an MLflow run: a new one per attempt) has the whole curve, the restored epoch 1 too
+    assert _run.logged == [1, 2, 3]  # type: ignore[attr-defined]
     a = torch.load(os.path.join(full, "student.pt"), weights_only=True)["state_dict"]
     b = torch.load(os.path.join(cut, "student.pt"), weights_only=True)["state_dict"]
     assert a.keys() == b.keys()
