@@ -4,8 +4,9 @@ The paper's ablations are config switches (``chain.init=random`` vs ``center``, 
 ``euclidean``, one chain ``chain.widths=[8]`` vs several). An ablation named NAME runs the whole pipeline (Prefect
 flow, grid on Ray, MLflow) with its overrides, the OSKT method only, into ``<out>/ablations/NAME``, with the main
 run's output root as ``compute.reuse_from``: its teachers (and any chain whose key the overrides leave unchanged)
-are adopted, not retrained (``oskt.pipeline.stages.finished``). ``ablation.json`` in that folder records the overrides; ``oskt report`` on the main
-config finds every recorded ablation and adds a row ``OSKT (NAME)`` per scenario table, from MLflow alone.
+are adopted, not retrained (``oskt.pipeline.stages.finished``). ``ablation.json`` in that folder records the
+overrides; ``oskt report`` on the main config finds every recorded ablation and adds a row ``OSKT (NAME)`` per
+scenario table, from MLflow alone.
 
     oskt run --ablation random-init --set chain.init=random
     oskt report
