@@ -63,7 +63,8 @@ def upstream_checkpoint(paths: Paths, job: TeacherJob | ChainJob) -> str:
 def train_cell(
     job: CellJob, paths: Paths, out_dir: str, tracker: Tracker, run: RunOptions = RunOptions()
 ) -> tuple[str, dict[str, float]]:
-    """Initialise, (distil,) fine-tune and evaluate one cell; returns (student checkpoint, metrics)."""
+    """Initialise, (distil,) fine-tune and evaluate one cell; returns (student checkpoint, metrics). The metrics'
+    ``earlier_seconds`` is the time earlier (killed) attempts spent in the phases this one resumed or reused."""
     from oskt.baselines import INIT_METHODS, InitContext
     from oskt.config import BaselinesConfig
     from oskt.data import build_test_loader
@@ -108,17 +109,18 @@ def train_cell(
     tracker.log_metrics({"init_seconds": float(init.info.get("seconds", 0.0))})
     aux = init.aux
     common = {"input": job.input, "eval": job.eval, "seed": job.seed}
+    earlier = 0.0
     if job.distil is not None:
         distil = FinetuneJob(upstream=f"{job.key}:distil", data=job.teacher.data, recipe=job.distil, **common)
         r = finetune_student(
             distil, init_ckpt, io.join(out_dir, "distil"), run=run, aux=aux, tracker=PrefixedTracker(tracker, "distil")
         )
-        init_ckpt, aux = r.checkpoint, None
+        init_ckpt, aux, earlier = r.checkpoint, None, r.earlier_seconds
     finetune = FinetuneJob(
         upstream=f"{job.key}:finetune", data=job.target, recipe=job.recipe, few_shot=job.few_shot, **common
     )
     r = finetune_student(finetune, init_ckpt, io.join(out_dir, "finetune"), run=run, aux=aux, tracker=tracker)
-    return r.checkpoint, {k: float(v) for k, v in r.metrics.items()}
+    return r.checkpoint, {**{k: float(v) for k, v in r.metrics.items()}, "earlier_seconds": earlier + r.earlier_seconds}
 
 
 def complexity(job: CellJob, checkpoint: str) -> dict[str, float]:

@@ -144,7 +144,8 @@ def run_cell(
     try:
         checkpoint, metrics = train(job, paths, out_dir, tracker or NullTracker(), run)
         metrics = {**metrics, **count(job, checkpoint)}
-        seconds = time.perf_counter() - t0
+        # this attempt's time plus what killed attempts before it spent in the phases it resumed
+        seconds = time.perf_counter() - t0 + float(metrics.get("earlier_seconds", 0.0))
         run_id = tracker.run_id if tracker else ""
         if tracker:
             tracker.log_metrics({**metrics, "seconds": seconds})

@@ -26,6 +26,7 @@ from oskt.train.loop import EpochCallback, Step
 from oskt.train.losses import ReIDLoss
 from oskt.train.phase import (
     Phase,
+    PhaseRun,
     TrainResult,
     close_phase,
     load_checked,
@@ -137,14 +138,12 @@ def train_teacher(
         evaluate=evaluate,
         desc="teacher",
     )
-    history, seconds = train_phase(ph, run=run, device=device, tracker=tracker, resume=resume, callbacks=callbacks)
+    phase = train_phase(ph, run=run, device=device, tracker=tracker, resume=resume, callbacks=callbacks)
     ckpt = io.join(out_dir, TEACHER_FILE)
     save_model(ckpt, model, "teacher", config=describe(job), extra={"dataset": ds.name, "job_key": job_key(job)})
     files = {"checkpoint": ckpt}
     metrics = {**evaluate(), **peak_memory(device)}
-    return close_phase(
-        "teacher", job, out_dir, files=files, metrics=metrics, history=history, seconds=seconds, tracker=tracker
-    )
+    return close_phase("teacher", job, out_dir, files=files, metrics=metrics, phase=phase, tracker=tracker)
 
 
 # --------------------------------------------------------------------------------------------------- chain
@@ -223,9 +222,9 @@ def refine_chain(
         evaluate=evaluate,
         desc=f"chain w{job.width}",
     )
-    history, seconds = ([], 0.0)
+    phase = PhaseRun()
     if job.recipe.epochs > 0:
-        history, seconds = train_phase(ph, run=run, device=device, tracker=tracker, resume=resume, callbacks=callbacks)
+        phase = train_phase(ph, run=run, device=device, tracker=tracker, resume=resume, callbacks=callbacks)
     chain_path, teacher_path = io.join(out_dir, CHAIN_FILE), io.join(out_dir, REFINED_TEACHER_FILE)
     extra = {"dataset": ds.name, "refined_with_chain": job.width, "job_key": job_key(job)}
     save_model(teacher_path, teacher, "teacher", config=describe(job), extra=extra)
@@ -235,9 +234,7 @@ def refine_chain(
     s_metrics = _evaluator(job.input, job.eval, refine.s_student(), ds, device)()
     metrics = {**evaluate(), **{f"s_{k}": v for k, v in s_metrics.items()}, **peak_memory(device)}
     files = {"checkpoint": chain_path, "refined_teacher": teacher_path}
-    return close_phase(
-        "chain", job, out_dir, files=files, metrics=metrics, history=history, seconds=seconds, tracker=tracker
-    )
+    return close_phase("chain", job, out_dir, files=files, metrics=metrics, phase=phase, tracker=tracker)
 
 
 # --------------------------------------------------------------------------------------------------- student
@@ -341,7 +338,7 @@ def finetune_student(
         evaluate=evaluate,
         desc=f"student {model.spec.name}",
     )
-    history, seconds = train_phase(ph, run=run, device=device, tracker=tracker, resume=resume, callbacks=callbacks)
+    phase = train_phase(ph, run=run, device=device, tracker=tracker, resume=resume, callbacks=callbacks)
     ckpt = io.join(out_dir, STUDENT_FILE)
     extra = {"dataset": ds.name, "seed": job.seed, "few_shot": job.few_shot, "init": init_ckpt, "job_key": job_key(job)}
     save_model(ckpt, model, "student", config=describe(job), extra=extra)
@@ -351,7 +348,6 @@ def finetune_student(
         out_dir,
         files={"checkpoint": ckpt},
         metrics={**evaluate(), **peak_memory(device)},
-        history=history,
-        seconds=seconds,
+        phase=phase,
         tracker=tracker,
     )

@@ -46,6 +46,16 @@ METRIC_KEYS = ("mAP", "mINP", "rank1", "rank5", "rank10")
 
 
 @dataclass(frozen=True)
+class PhaseRun:
+    """What :func:`train_phase` did: the history of every epoch, the seconds over all segments, and of those the
+    seconds restored from an earlier (killed) attempt."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    earlier_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class TrainResult:
     """What a training entry point returns.
 
@@ -56,6 +66,8 @@ class TrainResult:
         seconds: wall-clock training time over all (resumed) segments.
         files: every named output file (``checkpoint``, and e.g. ``refined_teacher``).
         reused: True when the folder already held the finished run.
+        earlier_seconds: the part of ``seconds`` that earlier attempts spent (all of it when reused, the restored
+            segments' when resumed, 0 when trained in one go): a caller timing its own attempt adds it.
     """
 
     checkpoint: str
@@ -64,6 +76,7 @@ class TrainResult:
     seconds: float
     files: dict[str, str] = field(default_factory=dict)
     reused: bool = False
+    earlier_seconds: float = 0.0
 
 
 def load_checked(ref: DatasetRef, policy: str, run: RunOptions, out_dir: str) -> ReIDDataset:
@@ -79,7 +92,15 @@ def load_checked(ref: DatasetRef, policy: str, run: RunOptions, out_dir: str) ->
 def _result(rec: JobRecord, out_dir: str) -> TrainResult:
     hpath = io.join(out_dir, HISTORY)
     history = io.read_json(hpath) if io.exists(hpath) else []
-    return TrainResult(rec.checkpoint, dict(rec.metrics), history, rec.seconds, dict(rec.files), reused=True)
+    return TrainResult(
+        rec.checkpoint,
+        dict(rec.metrics),
+        history,
+        rec.seconds,
+        dict(rec.files),
+        reused=True,
+        earlier_seconds=rec.seconds,
+    )
 
 
 def _remove_last(out_dir: str) -> None:
@@ -208,8 +229,8 @@ def train_phase(
     tracker: Tracker,
     resume: bool,
     callbacks: Sequence[EpochCallback] = (),
-) -> tuple[list[dict[str, float]], float]:
-    """Run the phase's epochs (continuing ``last.pt`` when ``resume``); returns ``(history, seconds)``."""
+) -> PhaseRun:
+    """Run the phase's epochs (continuing ``last.pt`` when ``resume``)."""
     from oskt.data import build_train_loader
 
     reset_peak_memory(device)
@@ -266,7 +287,7 @@ def train_phase(
         )
 
     run_epochs(tr, loader, ph.loss_fn, opts, start_epoch=start, callbacks=[evaluate, track, checkpoint, *callbacks])
-    return history, seconds_before + time.perf_counter() - t0
+    return PhaseRun(history, seconds_before + time.perf_counter() - t0, seconds_before)
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -312,18 +333,20 @@ def close_phase(
     *,
     files: dict[str, str],
     metrics: dict[str, float],
-    history: list[dict[str, float]],
-    seconds: float,
+    phase: PhaseRun,
     tracker: Tracker,
 ) -> TrainResult:
     """``history.json``, then ``result.json`` (marks the job finished), then drop ``last.pt``; log the final
     metrics. Checkpoints are not uploaded here: the pipeline logs them once, under ``checkpoint/``."""
-    final = {**{k: float(v) for k, v in metrics.items()}, "seconds": float(seconds), "epochs": float(job_epochs(job))}
-    io.write_json_atomic(io.join(out_dir, HISTORY), history)
+    seconds = float(phase.seconds)
+    final = {**{k: float(v) for k, v in metrics.items()}, "seconds": seconds, "epochs": float(job_epochs(job))}
+    io.write_json_atomic(io.join(out_dir, HISTORY), phase.history)
     record_result(out_dir, job, files=files, metrics=final, seconds=seconds)
     _remove_last(out_dir)
     tracker.log_metrics({f"{ph_name}/final_{k}": v for k, v in final.items()}, step=job_epochs(job))
-    return TrainResult(files["checkpoint"], final, history, float(seconds), dict(files))
+    return TrainResult(
+        files["checkpoint"], final, phase.history, seconds, dict(files), earlier_seconds=phase.earlier_seconds
+    )
 
 
 def job_epochs(job: Job) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -157,3 +158,51 @@ def test_sigkill_mid_epoch_through_the_cli_resumes_to_the_same_teacher(tmp_path)
     b = torch.load(os.path.join(cut, "teacher.pt"), weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not os.path.exists(last)
+
+
+def test_a_resumed_cell_counts_the_seconds_of_the_attempt_that_was_killed(tmp_path) -> None:  # noqa: ANN001
+    """`oskt grid` killed late in a cell's fine-tune, then rerun: the cell's ``seconds`` (the cost figures and the
+    progress line read it) is the killed attempt's restored time plus the rerun's, not the rerun's alone."""
+    import signal
+    import time
+
+    from oskt.checkpoint import load_checkpoint
+    from oskt.errors import CheckpointError
+
+    root = str(tmp_path)
+    sets = [
+        f"data.root={root}/data",
+        f"compute.out_dir={root}/out",
+        f"tracking.uri=sqlite:///{root}/mlflow.db",
+        "students.methods=[scratch]",
+        "students.names=[S1]",
+        "students.seeds=[0]",
+        "students.scenarios=[synth_a->synth_a]",
+        "students.epochs=40",
+        "compute.device=cpu",
+        "compute.num_threads=1",
+    ]
+    args = ["--profile", "smoke", *[a for s in sets for a in ("--set", s)]]
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(oskt.__file__)))
+    oskt_cli = [sys.executable, "-m", "oskt"]
+    subprocess.run([*oskt_cli, "data", "make", "--dataset", "synth_a", *args], env=env, check=True, capture_output=True)
+    grid = [*oskt_cli, "grid", "--engine", "serial", *args]
+    proc = subprocess.Popen(grid, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cell = os.path.join(root, "out", "students", "synth_a--synth_a__S1__scratch__seed0__fs1")
+    last = os.path.join(cell, "finetune", "last.pt")
+    epoch, deadline = -1, time.time() + 300
+    while epoch < 34 and time.time() < deadline and proc.poll() is None:
+        with contextlib.suppress(CheckpointError):  # not written yet
+            epoch = int(load_checkpoint(last, kind="train_state")["extra"]["epoch"])
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the cell finished before it could be killed"
+    killed = float(load_checkpoint(last, kind="train_state")["extra"]["seconds"])  # 35+ of 40 epochs
+    r = subprocess.run(grid, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    phase = io.read_json(os.path.join(cell, "finetune", "result.json"))
+    rec = io.read_json(os.path.join(cell, "result.json"))
+    assert phase["seconds"] > killed  # the phase's own figure spans both segments
+    assert rec["metrics"]["earlier_seconds"] == pytest.approx(killed)
+    assert rec["seconds"] > phase["seconds"]  # the cell: the killed attempt's epochs, the rerun, its evaluation
