@@ -91,12 +91,7 @@ def check_root(root: str) -> None:
 
 
 def _marker(root: str) -> dict[str, Any]:
-    path = os.path.join(root, MARKER)
-    try:
-        data = io.read_json(path) if os.path.exists(path) else {}
-    except (OSError, ValueError):
-        data = {}
-    return data if isinstance(data, dict) else {}
+    return io.read_json_object(os.path.join(root, MARKER)) or {}
 
 
 def _finished(cfg: Config) -> dict[str, float]:

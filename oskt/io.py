@@ -260,6 +260,17 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     return json.loads(read_bytes(path).decode("utf-8"))
 
 
+def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The JSON object in ``path`` (local or URL); None when the file is missing, unreadable, not JSON (e.g. cut
+    short by a kill) or not an object: the bookkeeping files (``result.json``, ``job.json``, markers) read this way
+    count as absent then, never as an error."""
+    try:
+        data = read_json(path) if exists(path) else None
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def torch_save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save`` through an in-memory buffer, then an atomic write (local or URL)."""
     import torch

@@ -393,16 +393,6 @@ class JobRecord:
         return dataclasses.asdict(self)
 
 
-def _read_json(path: str) -> dict[str, Any] | None:
-    if not io.exists(path):
-        return None
-    try:
-        data = io.read_json(path)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _record(data: dict[str, Any]) -> JobRecord | None:
     try:
         return JobRecord(
@@ -421,7 +411,7 @@ def _record(data: dict[str, Any]) -> JobRecord | None:
 def read_result(out_dir: str) -> JobRecord | None:
     """The finished job record in ``out_dir`` whatever its key: its ``result.json`` when it parses and every recorded
     file exists; None otherwise (missing, unreadable, or a lost file)."""
-    rec = _record(_read_json(io.join(out_dir, RESULT_FILE)) or {})
+    rec = _record(io.read_json_object(io.join(out_dir, RESULT_FILE)) or {})
     if rec is None or not all(io.exists(p) for p in rec.files.values()):
         return None
     return rec
@@ -522,10 +512,10 @@ def job_status(out_dir: str, job: Job) -> JobStatus:
     if reuse(out_dir, job) is not None:
         return JobStatus("done")
     key, new = job_key(job), describe(job)
-    finished = _read_json(io.join(out_dir, RESULT_FILE))
+    finished = io.read_json_object(io.join(out_dir, RESULT_FILE))
     if finished is not None and finished.get("key") == key:  # finished, but a recorded file is gone
         return JobStatus("stale", ("output files missing",))
-    started = _read_json(io.join(out_dir, JOB_FILE))
+    started = io.read_json_object(io.join(out_dir, JOB_FILE))
     if started is not None and started.get("key") == key:
         return JobStatus("running")
     old = finished or started

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from oskt import io
-from oskt.jobs import CellJob, JobRecord, RunOptions, flatten, record_result, reuse, settings, start_job
+from oskt.jobs import JOB_FILE, CellJob, JobRecord, RunOptions, flatten, record_result, reuse, settings, start_job
 from oskt.pipeline.cell import complexity, train_cell
 from oskt.pipeline.records import CellResult, Paths, TrackingTarget
 from oskt.tracking import NullTracker, Tracker
@@ -171,11 +171,7 @@ def run_cell(
 
 def _previous_attempt(out_dir: str) -> str:
     """The MLflow run id of an unfinished earlier attempt at this cell ('' when none)."""
-    path = io.join(out_dir, "job.json")
-    try:
-        return str(io.read_json(path).get("run_id", "")) if io.exists(path) else ""
-    except (OSError, ValueError):
-        return ""
+    return str((io.read_json_object(io.join(out_dir, JOB_FILE)) or {}).get("run_id", ""))
 
 
 def run_grid(

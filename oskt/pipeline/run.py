@@ -69,13 +69,7 @@ def _ancestors() -> set[int]:
 
 def parent_run_id(out_dir: str) -> str:
     """The parent run an ``oskt run`` that is an ancestor of this process recorded in ``out_dir`` ('' if none)."""
-    path = os.path.join(out_dir, RUN_FILE)
-    if io.is_url(out_dir) or not os.path.exists(path):
-        return ""
-    try:
-        rec = io.read_json(path)
-    except (OSError, ValueError):
-        return ""
+    rec = {} if io.is_url(out_dir) else io.read_json_object(os.path.join(out_dir, RUN_FILE)) or {}
     return str(rec.get("parent_run_id", "")) if int(rec.get("pid", -1)) in _ancestors() else ""
 
 

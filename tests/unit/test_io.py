@@ -41,3 +41,16 @@ def test_new_files_follow_the_umask_and_old_files_keep_their_mode(tmp_path) -> N
     finally:
         os.umask(old)
         io._umask.cache_clear()
+
+
+@pytest.mark.parametrize("base", ["local", "memory://oskt-io-object"])
+def test_a_bookkeeping_json_reads_as_absent_when_missing_cut_short_or_not_an_object(tmp_path, base) -> None:  # noqa: ANN001
+    root = str(tmp_path) if base == "local" else base
+    path = io.join(root, "result.json")
+    assert io.read_json_object(path) is None  # missing
+    io.write_bytes_atomic(path, b'{"key": "ab')  # what a kill mid-write of a non-atomic writer would leave
+    assert io.read_json_object(path) is None
+    io.write_json_atomic(path, [1, 2])
+    assert io.read_json_object(path) is None  # JSON, not an object
+    io.write_json_atomic(path, {"key": "ab"})
+    assert io.read_json_object(path) == {"key": "ab"}
