@@ -94,17 +94,19 @@ def _marker(root: str) -> dict[str, Any]:
     return io.read_json_object(os.path.join(root, MARKER)) or {}
 
 
-def _finished(cfg: Config) -> dict[str, float]:
-    """``result.json`` → mtime of every finished job (what changes when a run trained something)."""
+def _finished(cfg: Config) -> dict[str, dict[str, Any]]:
+    """``result.json`` → its record, of every finished job (what changes when a run trained something: a job
+    trained again writes its new time); the output folder may be local or a URL."""
     from oskt.jobs import RESULT_FILE
     from oskt.pipeline.graph import jobs_from_config
     from oskt.pipeline.records import Paths
 
     paths, out = Paths(cfg.compute.out_dir), {}
     for job in jobs_from_config(cfg).jobs():
-        p = os.path.join(paths.job_dir(job), RESULT_FILE)
-        if os.path.exists(p):
-            out[p] = os.path.getmtime(p)
+        p = io.join(paths.job_dir(job), RESULT_FILE)
+        rec = io.read_json_object(p)
+        if rec is not None:
+            out[p] = rec
     return out
 
 

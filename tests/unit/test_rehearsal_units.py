@@ -301,3 +301,23 @@ def test_rehearse_no_run_needs_a_finished_rehearsal(tmp_path) -> None:  # noqa: 
     r = _cli("--profile", "paper", "--no-run", "--out", str(tmp_path / "none"), cwd=str(tmp_path))
     assert r.returncode == 2 and "holds no rehearsal" in r.stderr.strip().splitlines()[-1]
     assert not os.path.exists(tmp_path / "none")
+
+
+def test_what_a_rehearsal_run_finished_is_read_from_the_records_local_or_remote(tmp_path) -> None:  # noqa: ANN001
+    """The rehearsal adds a run's time only when it trained something: it compares the finished jobs' records
+    before and after, in the config's output folder, which may be a URL."""
+    from flows.rehearse import _finished
+    from oskt import io
+    from oskt.jobs import RESULT_FILE
+    from oskt.pipeline.records import Paths
+
+    for out in (str(tmp_path / "out"), "memory://oskt-rehearse-finished/out"):
+        cfg = load_config(profile="smoke", overrides=[f"compute.out_dir={out}"])
+        assert _finished(cfg) == {}
+        teacher = next(iter(jobs_from_config(cfg).teachers.values()))
+        path = io.join(Paths(out).job_dir(teacher), RESULT_FILE)
+        io.write_json_atomic(path, {"key": "k", "seconds": 1.0})
+        before = _finished(cfg)
+        assert before == {path: {"key": "k", "seconds": 1.0}}
+        io.write_json_atomic(path, {"key": "k", "seconds": 2.0})  # trained again
+        assert _finished(cfg) != before
