@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     margins = [r["margin"] for r in rows]
     out = {
-        "reports": [{"profile": p, "csv": str(c)} for p, c in reports],
+        "reports": [{"profile": p, "csv": _shown(c)} for p, c in reports],
         "min_margin": min(margins),
         "columns_lost": sum(m <= 0 for m in margins),
         "columns": len(rows),
@@ -180,6 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     write_text_atomic(args.out, json.dumps(out, indent=1) + "\n")
     print(f"comparison: min_margin={min(margins):.2f} (goal > 0)")
     return 0
+
+
+def _shown(path: Path) -> str:
+    """A report's path as the record shows it: relative to the repository when inside it (the record is committed
+    and read on other machines), else as given."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 if __name__ == "__main__":

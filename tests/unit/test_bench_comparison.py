@@ -51,6 +51,15 @@ def test_margin_over_the_best_baseline_per_column(tmp_path: Path) -> None:
     assert rows[("a->b", 1.0, "S1")]["margin"] == -10.0
     assert rows[("a->b", 0.1, "S1")]["margin"] == 10.0
     assert data["min_margin"] == -10.0 and data["columns_lost"] == 1 and data["columns"] == 3
+    assert [r["csv"] for r in data["reports"]] == [str(quick), str(few)]  # outside the repository: as given
+
+
+def test_the_committed_record_names_the_reports_relative_to_the_repository(tmp_path: Path) -> None:
+    out = tmp_path / "comparison.json"
+    res = _run("--out", str(out))  # the default reports: docs/results' copies
+    assert res.returncode == 0, res.stderr
+    shown = [r["csv"] for r in json.loads(out.read_text())["reports"]]
+    assert shown and all(c.startswith("docs/results/") and c.endswith("report.csv") for c in shown), shown
 
 
 def test_missing_report_is_one_error_and_writes_nothing(tmp_path: Path) -> None:
