@@ -34,10 +34,12 @@ from oskt.io import write_text_atomic  # noqa: E402
 DEFAULT_REPORTS = (
     ("quick", "docs/results/quick7/report.csv"),
     ("quick_long", "docs/results/long/report.csv"),
+    ("quick_long", "docs/results/long_s2/report.csv"),
     ("quick", "docs/results/fewshot/report.csv"),
 )
-"""The reports docs/results.md shows (copies of ``outputs/report``, ``outputs/long/report`` and
-``outputs/fewshot/report`` after ``make results``, ``make results-long`` and ``make results-fewshot``)."""
+"""The reports docs/results.md shows (copies of ``outputs/report``, ``outputs/long/report`` (S1; S2 seed 0 in
+``long_s2``) and ``outputs/fewshot/report`` after ``make results``, ``make results-long`` and
+``make results-fewshot``)."""
 NEEDED = ("scenario", "few_shot", "method", "student", "n_seeds", "mAP_mean", "mAP_std")
 
 
