@@ -249,6 +249,10 @@ def train_phase(
     key = job_key(ph.job)
     last = io.join(ph.out_dir, LAST)
     start, history, seconds_before = 0, [], 0.0
+
+    def track(epoch: int, record: dict[str, float]) -> None:
+        tracker.log_metrics({f"{ph.name}/{k}": float(v) for k, v in record.items()}, step=epoch + 1)
+
     ck = _load_last(last, ph.name, key) if resume and io.exists(last) else None
     if ck is not None:
         ex = ck["extra"]
@@ -259,16 +263,13 @@ def train_phase(
         seconds_before = float(ex.get("seconds", 0.0))
         log.info("%s: resuming from %s after epoch %d/%d", ph.name, last, start, opts.epochs)
         for rec in history:  # this attempt's run (MLflow: a new one) gets the whole curve, not only what follows
-            tracker.log_metrics({f"{ph.name}/{k}": float(v) for k, v in rec.items()}, step=int(rec["epoch"]))
+            track(int(rec["epoch"]) - 1, rec)
     t0 = time.perf_counter()
 
     def evaluate(epoch: int, record: dict[str, float]) -> None:
         every = ph.recipe.eval_every
         if ph.evaluate is not None and every > 0 and (epoch + 1) % every == 0 and epoch + 1 < opts.epochs:
             record.update({f"eval_{k}": v for k, v in ph.evaluate().items()})
-
-    def track(epoch: int, record: dict[str, float]) -> None:
-        tracker.log_metrics({f"{ph.name}/{k}": float(v) for k, v in record.items()}, step=epoch + 1)
 
     def checkpoint(epoch: int, record: dict[str, float]) -> None:
         history.append(dict(record))
