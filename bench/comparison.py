@@ -36,10 +36,12 @@ DEFAULT_REPORTS = (
     ("quick_long", "docs/results/long/report.csv"),
     ("quick_long", "docs/results/long_s2/report.csv"),
     ("quick_long", "docs/results/long_s3/report.csv"),
+    ("quick_long", "docs/results/long_s3_ab/report.csv"),
     ("quick", "docs/results/fewshot/report.csv"),
 )
 """The reports docs/results.md shows (copies of ``outputs/report``, ``outputs/long/report`` (S1; S2 in ``long_s2``;
-S3 A→A seed 0 in ``long_s3``) and ``outputs/fewshot/report`` after ``make results``, ``make results-long`` and
+S3 A→A seed 0 in ``long_s3``; S3 A→B in ``long_s3_ab``, its teacher and chains retrained on another host, see
+docs/results.md) and ``outputs/fewshot/report`` after ``make results``, ``make results-long`` and
 ``make results-fewshot``)."""
 NEEDED = ("scenario", "few_shot", "method", "student", "n_seeds", "mAP_mean", "mAP_std")
 
