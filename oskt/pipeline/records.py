@@ -24,7 +24,7 @@ class Paths:
         <root>/teachers/<source>/              teacher.pt, result.json, job.json
         <root>/chains/<source>/w<width>/       chain.pt, teacher_refined.pt, result.json
         <root>/students/<cell>/                one folder per grid cell: result.json, init/, finetune/
-        <root>/report/                         report.md, report.csv, plots
+        <root>/report/                         report.md, report.csv, cells.csv, curves.csv, plots
     """
 
     root: str = "outputs"

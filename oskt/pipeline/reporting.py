@@ -259,6 +259,141 @@ def to_markdown(cfg: Config, rows: list[Row], missing: list[str], ablations: dic
     return "\n".join(out)
 
 
+def _margin(values: dict[str, float]) -> float | None:
+    """OSKT minus the best other method (mAP points), or None without OSKT or without another method."""
+    others = [v for m, v in values.items() if m != "oskt"]
+    return values["oskt"] - max(others) if "oskt" in values and others else None
+
+
+def _margin_text(values: dict[str, float]) -> str:
+    m = _margin(values)
+    return "—" if m is None else f"{m:+.1f}"
+
+
+def per_seed_markdown(cfg: Config, found: dict[CellJob, dict[str, float]]) -> str:
+    """mAP (%) of every cell: per scenario (and few-shot fraction) a table of methods × (student, seed), and the
+    OSKT margin over the best other method of the same seed; empty for a one-seed grid (the main table is that)."""
+    seeds = list(cfg.students.seeds)
+    if len(seeds) < 2:
+        return ""
+    by = {
+        (c.scenario, c.few_shot, c.method, c.student_name, c.seed): _pct(m.get("mAP", float("nan")))
+        for c, m in found.items()
+    }
+    cols = [(s, seed) for s in cfg.students.names for seed in seeds]
+    out = ["## Per seed", "", "mAP in % of each seed; the margin is OSKT minus the best other method of that seed.", ""]
+    for sc in cfg.students.scenarios:
+        for fs in cfg.students.few_shot:
+            if not any(k[0] == sc and k[1] == fs for k in by):
+                continue
+            few = f" (few-shot {fs:g})" if len(cfg.students.few_shot) > 1 or fs < 1 else ""
+            out += [f"### {sc.replace('->', ' → ')}{few}", ""]
+            out += [
+                "| Method | " + " | ".join(f"{s} seed {seed}" for s, seed in cols) + " |",
+                "|---|" + "---|" * len(cols),
+            ]
+            for m in cfg.students.methods:
+                vals = [by.get((sc, fs, m, s, seed)) for s, seed in cols]
+                if any(v is not None for v in vals):
+                    out.append(
+                        f"| {method_label(m)} | " + " | ".join("—" if v is None else f"{v:.1f}" for v in vals) + " |"
+                    )
+            margins = [
+                _margin_text({m: by[(sc, fs, m, s, seed)] for m in cfg.students.methods if (sc, fs, m, s, seed) in by})
+                for s, seed in cols
+            ]
+            out += ["| *OSKT margin* | " + " | ".join(margins) + " |", ""]
+    return "\n".join(out)
+
+
+def mean_curves(
+    cfg: Config, curves_: dict[CellJob, list[tuple[int, float]]]
+) -> dict[tuple[str, float, str, str], dict[int, float]]:
+    """(scenario, few-shot, student, method) → epoch → mAP (%) mean over the seeds that evaluated that epoch."""
+    pts: dict[tuple[str, float, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for c, series in curves_.items():
+        for epoch, v in series:
+            pts[(c.scenario, c.few_shot, c.student_name, c.method)][epoch].append(_pct(v))
+    return {k: {e: statistics.fmean(vs) for e, vs in sorted(d.items())} for k, d in pts.items()}
+
+
+def milestone_epochs(epochs: list[int]) -> list[int]:
+    """The epochs a convergence table shows: the first, those nearest a quarter, half and three quarters of the
+    last, and the last (each once)."""
+    if not epochs:
+        return []
+    last = max(epochs)
+    picks = [min(epochs)] + [min(epochs, key=lambda e: (abs(e - f * last), e)) for f in (0.25, 0.5, 0.75)] + [last]
+    return sorted(set(picks))
+
+
+def convergence_markdown(cfg: Config, curves_: dict[CellJob, list[tuple[int, float]]]) -> str:
+    """Per convergence panel (scenario, few-shot fraction, student): mean mAP (%) of each method after a few
+    fine-tune epochs (``milestone_epochs``) and OSKT's margin over the best other method there."""
+    means = mean_curves(cfg, curves_)
+    out = []
+    for sc, fs in convergence_groups(cfg, curves_):
+        for student in cfg.students.names:
+            rows = {m: means[(sc, fs, student, m)] for m in cfg.students.methods if (sc, fs, student, m) in means}
+            if not rows:
+                continue
+            epochs = milestone_epochs(sorted({e for d in rows.values() for e in d}))
+            few = f", few-shot {fs:g}" if fs < 1.0 else ""
+            out += [f"{student}, {sc.replace('->', ' → ')}{few}: mAP in % after fine-tune epoch", ""]
+            out += ["| Method | " + " | ".join(f"epoch {e}" for e in epochs) + " |", "|---|" + "---|" * len(epochs)]
+            for m, d in rows.items():
+                out.append(
+                    f"| {method_label(m)} | " + " | ".join("—" if e not in d else f"{d[e]:.1f}" for e in epochs) + " |"
+                )
+            margins = [_margin_text({m: d[e] for m, d in rows.items() if e in d}) for e in epochs]
+            out += ["| *OSKT margin* | " + " | ".join(margins) + " |", ""]
+    return "\n".join(out)
+
+
+CELL_FIELDS = ("scenario", "few_shot", "method", "student", "seed", "mAP", "rank1", "seconds")
+CURVE_FIELDS = ("scenario", "few_shot", "method", "student", "seed", "epoch", "mAP")
+
+
+def _csv(fields: tuple[str, ...], rows: list[tuple]) -> str:
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(fields)
+    w.writerows(sorted(rows))
+    return buf.getvalue()
+
+
+def cells_csv(found: dict[CellJob, dict[str, float]]) -> str:
+    """One row per cell (every seed): mAP / Rank-1 in % and the cell's training seconds."""
+    return _csv(
+        CELL_FIELDS,
+        [
+            (
+                c.scenario,
+                c.few_shot,
+                c.method,
+                c.student_name,
+                c.seed,
+                f"{_pct(m.get('mAP', float('nan'))):.2f}",
+                f"{_pct(m.get('rank1', float('nan'))):.2f}",
+                f"{m.get('seconds', float('nan')):.0f}",
+            )
+            for c, m in found.items()
+        ],
+    )
+
+
+def curves_csv(curves_: dict[CellJob, list[tuple[int, float]]]) -> str:
+    """One row per cell and evaluated fine-tune epoch: mAP in % (what the convergence figure draws, unaveraged)."""
+    return _csv(
+        CURVE_FIELDS,
+        [
+            (c.scenario, c.few_shot, c.method, c.student_name, c.seed, e, f"{_pct(v):.2f}")
+            for c, s in curves_.items()
+            for e, v in s
+        ],
+    )
+
+
 def to_csv(rows: list[Row]) -> str:
     buf = _io.StringIO()
     w = csv.writer(buf)
@@ -386,13 +521,18 @@ def report(cfg: Config, paths: Paths, target: TrackingTarget | None) -> ReportRe
         md += "\n## The worst queries\n\n" + "\n".join(
             f"{caption}\n\n![{caption}]({name})\n" for name, (caption, _) in pictures.items()
         )
+    if seeds_md := per_seed_markdown(cfg, found):
+        md += "\n" + seeds_md
     conv = curves(run_ids, target)
     if conv:
-        md += "\n## Convergence\n\nmAP on the test split after each fine-tune epoch (mean over seeds).\n\n"
-        md += "![convergence](convergence.png)\n"
+        md += "\n## Convergence\n\nmAP on the test split after each fine-tune epoch (mean over seeds); every "
+        md += "point of every seed is in `curves.csv`.\n\n![convergence](convergence.png)\n\n"
+        md += convergence_markdown(cfg, conv)
     files = {
         "report.md": md.encode(),
         "report.csv": to_csv(rows).encode(),
+        "cells.csv": cells_csv(found).encode(),
+        **({"curves.csv": curves_csv(conv).encode()} if conv else {}),
         "acc_vs_params.png": plot(cfg, rows, "params"),
         "acc_vs_macs.png": plot(cfg, rows, "macs"),
         **({"convergence.png": plot_convergence(cfg, conv)} if conv else {}),

@@ -131,6 +131,7 @@ def test_stages_log_a_run_tree_and_the_report_lists_every_method(env: str) -> No
     assert {a.path for a in client.list_artifacts(rep.info.run_id, "report")} >= {
         "report/report.md",
         "report/report.csv",
+        "report/cells.csv",
         "report/acc_vs_params.png",
         "report/acc_vs_macs.png",
     }

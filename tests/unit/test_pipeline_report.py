@@ -107,3 +107,53 @@ def test_the_convergence_figure_has_a_row_per_scenario_and_few_shot_fraction_it_
         png = Image.open(io.BytesIO(plot_convergence(cfg, curves)))
         assert png.size == (400 * len(cfg.students.names), 320 * len(groups))
     assert convergence_groups(cfg, {}) == []  # no curve: no figure (the report leaves the section out)
+
+
+def test_the_per_seed_table_shows_every_cell_and_the_margin_of_each_seed_where_a_baseline_can_win() -> None:
+    from oskt.pipeline.reporting import per_seed_markdown
+
+    cfg = load_config(profile="smoke", overrides=["students.seeds=[0,1]", "students.scenarios=[synth_a->synth_a]"])
+    found = _found(cfg)  # oskt 40 + seed, the others 30 + seed (mAP in %)
+    win = next(c for c in found if c.method == "kdpp" and c.seed == 1 and c.student_name == "S1")
+    found[win] = {**found[win], "mAP": 0.45}  # KD++ beats OSKT (41.0) at S1 seed 1
+    del found[next(c for c in found if c.method == "scratch" and c.seed == 0 and c.student_name == "S2")]
+    md = per_seed_markdown(cfg, found)
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert lines[0] == "| Method | S1 seed 0 | S1 seed 1 | S2 seed 0 | S2 seed 1 |"
+    rows = {ln.split(" | ")[0][2:]: ln.split(" | ")[1:] for ln in lines[1:]}
+    assert rows["OSKT"] == ["40.0", "41.0", "40.0", "41.0 |"]
+    assert rows["KD++"] == ["30.0", "45.0", "30.0", "31.0 |"]
+    assert rows["Scratch"][2] == "—"  # a missing cell is shown as missing, not averaged away
+    assert rows["*OSKT margin*"] == ["+10.0", "-4.0", "+10.0", "+10.0 |"]
+    assert per_seed_markdown(load_config(profile="smoke"), _found(load_config(profile="smoke"))) == ""  # one seed
+
+
+def test_convergence_tables_and_csvs_keep_every_epoch_of_every_seed() -> None:
+    from oskt.pipeline.reporting import cells_csv, convergence_markdown, curves_csv, milestone_epochs
+
+    assert milestone_epochs(list(range(1, 25))) == [1, 6, 12, 18, 24]
+    assert milestone_epochs(list(range(2, 25, 2))) == [2, 6, 12, 18, 24]
+    assert milestone_epochs([1, 2]) == [1, 2] and milestone_epochs([]) == []
+    cfg = load_config(profile="smoke", overrides=["students.seeds=[0,1]", "students.names=[S1]"])
+    cells = [c for c in jobs_from_config(cfg).cells if c.scenario == "synth_a->synth_a"]
+    # OSKT starts ahead (0.5 at epoch 1), every baseline ends ahead of it at epoch 4 (0.8 vs 0.7)
+    curves = {
+        c: [(e, (0.5 if e == 1 else 0.7) if c.method == "oskt" else 0.2 * e + 0.01 * c.seed) for e in (1, 2, 3, 4)]
+        for c in cells
+    }
+    md = convergence_markdown(cfg, curves)
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert md.startswith("S1, synth_a → synth_a: mAP in % after fine-tune epoch")
+    assert lines[0] == "| Method | epoch 1 | epoch 2 | epoch 3 | epoch 4 |"
+    assert "| OSKT | 50.0 | 70.0 | 70.0 | 70.0 |" in lines
+    assert "| Scratch | 20.5 | 40.5 | 60.5 | 80.5 |" in lines  # the mean over seeds 0 and 1
+    assert lines[-1] == "| *OSKT margin* | +29.5 | +29.5 | +9.5 | -10.5 |"
+    rows = list(csv.DictReader(io.StringIO(curves_csv(curves))))
+    assert len(rows) == 4 * len(cells) and {r["seed"] for r in rows} == {"0", "1"}
+    found = _found(cfg)
+    crow = list(csv.DictReader(io.StringIO(cells_csv(found))))
+    assert len(crow) == len(found)
+    assert {(r["method"], r["seed"], r["mAP"]) for r in crow if r["method"] == "oskt"} == {
+        ("oskt", "0", "40.00"),
+        ("oskt", "1", "41.00"),
+    }
