@@ -40,7 +40,7 @@ DEFAULT_REPORTS = (
     ("quick", "docs/results/fewshot/report.csv"),
 )
 """The reports docs/results.md shows (copies of ``outputs/report``, ``outputs/long/report`` (S1; S2 in ``long_s2``;
-S3 A→A seed 0 in ``long_s3``; S3 A→B in ``long_s3_ab``, its teacher and chains retrained on another host, see
+S3 A→A in ``long_s3``, S3 A→B in ``long_s3_ab``, each with teacher and chains retrained on its own host, see
 docs/results.md) and ``outputs/fewshot/report`` after ``make results``, ``make results-long`` and
 ``make results-fewshot``)."""
 NEEDED = ("scenario", "few_shot", "method", "student", "n_seeds", "mAP_mean", "mAP_std")
