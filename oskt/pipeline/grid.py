@@ -186,15 +186,33 @@ def run_grid(
     count: ComplexityFn = complexity,
     progress: bool = True,
 ) -> list[CellResult]:
-    """Every cell through ``engine``; finished cells are reused; with ``progress``, one line per finished cell
-    (``oskt.pipeline.progress.GridProgress``). Writes ``students/summary.json``."""
+    """Every cell through ``engine``; with ``progress``, one line per finished cell
+    (``oskt.pipeline.progress.GridProgress``). Writes ``students/summary.json``.
+
+    Cells an earlier run finished (their ``result.json`` under the same key) are reused here, in this process,
+    before the engine starts: only the cells left to train reach it, and with none left no Ray and no Prefect flow
+    is started at all (a changed report setting or a new data source costs no cluster time)."""
     from oskt.pipeline.progress import GridProgress
 
     fn = functools.partial(run_cell, paths=paths, target=target, threads=threads, run=run, train=train, count=count)
     io.makedirs(paths.students_dir())
+    cells = list(cells)
+    finished = [reuse(paths.job_dir(c), c) is not None for c in cells]
     bar = GridProgress(len(cells)) if progress else None
     try:
-        results = engine(fn, list(cells), bar)
+        by_label = {}
+        for c, done in zip(cells, finished, strict=True):
+            if done:
+                by_label[c.label] = r = fn(c)
+                if bar is not None:
+                    bar(r)
+        todo = [c for c, done in zip(cells, finished, strict=True) if not done]
+        if todo:
+            log.info(
+                "%d of %d cells finished earlier (reused); %d to train", len(cells) - len(todo), len(cells), len(todo)
+            )
+            by_label.update((r.label, r) for r in engine(fn, todo, bar))
+        results = [by_label[c.label] for c in cells]
     finally:
         if bar is not None:
             bar.close()

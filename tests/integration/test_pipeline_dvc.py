@@ -270,8 +270,9 @@ def test_a_kdpp_setting_reruns_only_the_kdpp_cells(repo) -> None:  # noqa: ANN00
     stale = [r for r in _plan(repo, env) if r["state"] != "done"]
     assert {r["label"] for r in stale} == {f"synth_a--synth_a__{s}__kdpp__seed0__fs1" for s in ("r4-2-4-8", "S1")}
     assert all(r["changed"] == ["settings.temperature: 4.0 -> 3.0"] for r in stale)
-    _oskt_run(repo, env)
+    r = _oskt_run(repo, env)
     assert {os.path.basename(k) for k in _retrained(before, _snapshot(repo))} == {r["label"] for r in stale}
+    assert "4 of 6 cells finished earlier (reused); 2 to train" in r.stderr  # only 2 cells reached Ray
 
 
 def test_tracking_uri_and_progress_rerun_nothing(repo) -> None:  # noqa: ANN001
@@ -305,6 +306,8 @@ def test_adding_a_source_trains_only_its_teacher_and_chains(repo) -> None:  # no
     assert {r["label"] for r in _plan(repo, env) if r["state"] != "done"} == {"synth_b", "synth_b/w4", "synth_b/w8"}
     r = _oskt_run(repo, env)
     assert "Running stage 'teacher@synth_a'" not in r.stdout + r.stderr  # DVC: its own data record is unchanged
+    # the grid stage ran again (the data changed) with every cell finished: reused without starting Ray
+    assert "Running stage 'students'" in r.stdout and "Started a local Ray instance" not in r.stderr
     assert _retrained(before, _snapshot(repo)) == {
         os.path.join("teachers", "synth_b"),
         os.path.join("chains", "synth_b", "w4"),

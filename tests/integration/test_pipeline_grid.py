@@ -18,6 +18,7 @@ pytest.importorskip("mlflow")
 from oskt.config import Config, dump_config, load_config  # noqa: E402
 from oskt.data.refs import dataset_ref  # noqa: E402
 from oskt.pipeline import datasets_used, jobs_from_config, prepare_data, refine_chain, report, train_teacher  # noqa: E402
+from oskt.pipeline.grid import serial  # noqa: E402
 from oskt.pipeline.records import Paths, TrackingTarget  # noqa: E402
 from oskt.pipeline.run import pipeline_run  # noqa: E402
 from oskt.pipeline.stages import train_students  # noqa: E402
@@ -58,10 +59,21 @@ def _upstream(cfg: Config, target: TrackingTarget) -> Paths:
     return paths
 
 
-def _grid(cfg: Config, paths: Paths, target: TrackingTarget, markers: str, **kw: object) -> list:
+def _grid(cfg: Config, paths: Paths, target: TrackingTarget, markers: str, engine=serial, **kw: object) -> list:  # noqa: ANN001
     return train_students(
-        jobs_from_config(cfg).cells, paths, target, train=cell_trainer(markers, **kw), count=fake_count
+        jobs_from_config(cfg).cells, paths, target, engine=engine, train=cell_trainer(markers, **kw), count=fake_count
     )
+
+
+class _SpyEngine:
+    """The serial engine, recording the cells each call was handed (a Ray / Prefect engine starts per call)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def __call__(self, fn, cells, on_done=None) -> list:  # noqa: ANN001
+        self.calls.append([c.label for c in cells])
+        return serial(fn, cells, on_done)
 
 
 def _read(path: str) -> str:
@@ -143,13 +155,18 @@ def test_finished_cells_are_reused_and_only_changed_work_reruns(env: str) -> Non
         paths = _upstream(cfg, target)
         _grid(cfg, paths, target, env)
         n = len(_attempts(env))
-        again = _grid(cfg, paths, target, env)
+        spy = _SpyEngine()
+        again = _grid(cfg, paths, target, env, engine=spy)
         assert all(r.skipped for r in again) and len(_attempts(env)) == n
+        assert spy.calls == []  # nothing left to train: the engine (Ray, a Prefect flow) is never started
+        assert [r.label for r in again] == [c.label for c in jobs_from_config(cfg).cells]
         assert train_teacher(jobs_from_config(cfg).teachers["synth_a"], paths, target, train=fake_teacher).reused
-        # a new seed runs only the new cells
+        # a new seed runs only the new cells, and only they reach the engine; results keep the grid's order
         more = _cfg(env, "students.seeds=[0,1]")
-        res = _grid(more, paths, target, env)
+        res = _grid(more, paths, target, env, engine=spy)
         assert sum(not r.skipped for r in res) == n and len(_attempts(env)) == 2 * n
+        assert spy.calls == [[r.label for r in res if not r.skipped]] and all("seed1" in c for c in spy.calls[0])
+        assert [r.label for r in res] == [c.label for c in jobs_from_config(more).cells]
         # a recipe change reruns every cell
         changed = _cfg(env, "students.epochs=2")
         assert not any(r.skipped for r in _grid(changed, paths, target, env))
