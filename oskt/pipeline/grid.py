@@ -95,6 +95,14 @@ def ensure_logged(target: TrackingTarget, job: CellJob, rec: JobRecord) -> str:
         return tracker.run_id
 
 
+def reused_cell(job: CellJob, out_dir: str, done: JobRecord, target: TrackingTarget | None) -> CellResult:
+    """The result of a cell an earlier run finished (``done``: its ``result.json``), logged to MLflow if missing."""
+    tracking = target is not None and target.enabled
+    run_id = ensure_logged(target, job, done) if tracking else str(done.extra.get("run_id", ""))
+    log.info("cell %s is finished, skipping", job.label)
+    return _result(job, out_dir, done, True, run_id)
+
+
 def run_cell(
     job: CellJob,
     paths: Paths,
@@ -123,9 +131,7 @@ def run_cell(
     tracking = target is not None and target.enabled
     done = reuse(out_dir, job)
     if done is not None:
-        run_id = ensure_logged(target, job, done) if tracking else str(done.extra.get("run_id", ""))
-        log.info("cell %s is finished, skipping", job.label)
-        return _result(job, out_dir, done, True, run_id)
+        return reused_cell(job, out_dir, done, target)
 
     if threads > 0:
         import torch
@@ -197,16 +203,17 @@ def run_grid(
     fn = functools.partial(run_cell, paths=paths, target=target, threads=threads, run=run, train=train, count=count)
     io.makedirs(paths.students_dir())
     cells = list(cells)
-    finished = [reuse(paths.job_dir(c), c) is not None for c in cells]
     bar = GridProgress(len(cells)) if progress else None
     try:
-        by_label = {}
-        for c, done in zip(cells, finished, strict=True):
-            if done:
-                by_label[c.label] = r = fn(c)
-                if bar is not None:
-                    bar(r)
-        todo = [c for c, done in zip(cells, finished, strict=True) if not done]
+        by_label, todo = {}, []
+        for c in cells:
+            done = reuse(paths.job_dir(c), c)
+            if done is None:
+                todo.append(c)
+                continue
+            by_label[c.label] = r = reused_cell(c, paths.job_dir(c), done, target)
+            if bar is not None:
+                bar(r)
         if todo:
             log.info(
                 "%d of %d cells finished earlier (reused); %d to train", len(cells) - len(todo), len(cells), len(todo)

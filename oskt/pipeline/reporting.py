@@ -123,6 +123,33 @@ def convergence_groups(cfg: Config, curves_: dict[CellJob, list[tuple[int, float
     ]
 
 
+def mean_curves(curves_: dict[CellJob, list[tuple[int, float]]]) -> dict[tuple[str, float, str, str], dict[int, float]]:
+    """(scenario, few-shot, student, method) → epoch → mAP (%) mean over the seeds that evaluated that epoch (in
+    epoch order): the convergence figure's lines and the tables under it."""
+    pts: dict[tuple[str, float, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for c, series in curves_.items():
+        for epoch, v in series:
+            pts[(c.scenario, c.few_shot, c.student_name, c.method)][epoch].append(_pct(v))
+    return {k: {e: statistics.fmean(vs) for e, vs in sorted(d.items())} for k, d in pts.items()}
+
+
+def _panel_title(student: str, scenario: str, few_shot: float) -> str:
+    """``S1, synth_a → synth_b, few-shot 0.1``: a convergence panel (figure and table)."""
+    return f"{student}, {scenario.replace('->', ' → ')}" + (f", few-shot {few_shot:g}" if few_shot < 1.0 else "")
+
+
+def _scenario_title(cfg: Config, scenario: str, few_shot: float) -> str:
+    """``synth_a → synth_b (few-shot 0.1)``: a result table's heading (the fraction named when the grid has
+    several or trains a subset)."""
+    src, tgt = scenario.split("->")
+    few = len(cfg.students.few_shot) > 1 or few_shot < 1
+    return f"{src} → {tgt}" + (f" (few-shot {few_shot:g})" if few else "")
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def plot_convergence(cfg: Config, curves_: dict[CellJob, list[tuple[int, float]]]) -> bytes:
     """PNG of mAP (%) vs fine-tune epoch, one line per method (mean over seeds), one panel per table row group
     (scenario and few-shot fraction: the rows of panels) and student (columns): the paper's convergence figure."""
@@ -133,24 +160,16 @@ def plot_convergence(cfg: Config, curves_: dict[CellJob, list[tuple[int, float]]
     from matplotlib.ticker import MaxNLocator
 
     groups = convergence_groups(cfg, curves_)
+    means = mean_curves(curves_)
     names = list(cfg.students.names)
     fig, axes = plt.subplots(len(groups), len(names), figsize=(4 * len(names), 3.2 * len(groups)), squeeze=False)
     for i, (sc, fs) in enumerate(groups):
         for j, student in enumerate(names):
             ax = axes[i][j]
             for m in cfg.students.methods:
-                series = [
-                    curves_[c]
-                    for c in curves_
-                    if c.scenario == sc and c.few_shot == fs and c.student_name == student and c.method == m
-                ]
-                if not series:
-                    continue
-                epochs = sorted({e for s in series for e, _ in s})
-                mean = [statistics.fmean(_pct(v) for s in series for e2, v in s if e2 == e) for e in epochs]
-                ax.plot(epochs, mean, marker=".", label=method_label(m))
-            few = f", few-shot {fs:g}" if fs < 1.0 else ""
-            ax.set_title(f"{student}, {sc.replace('->', ' → ')}{few}", fontsize=9)
+                if (mean := means.get((sc, fs, student, m))) is not None:
+                    ax.plot(list(mean), list(mean.values()), marker=".", label=method_label(m))
+            ax.set_title(_panel_title(student, sc, fs), fontsize=9)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("fine-tune epoch")
             ax.set_ylabel("mAP (%)")
@@ -235,8 +254,7 @@ def to_markdown(cfg: Config, rows: list[Row], missing: list[str], ablations: dic
     ]
     for sc in cfg.students.scenarios:
         for fs in cfg.students.few_shot:
-            src, tgt = sc.split("->")
-            title = f"## {src} → {tgt}" + (f" (few-shot {fs:g})" if len(cfg.students.few_shot) > 1 or fs < 1 else "")
+            title = "## " + _scenario_title(cfg, sc, fs)
             heads = []
             for s in cfg.students.names:
                 any_row = next((by[k] for k in by if k[0] == sc and k[1] == fs and k[3] == s), None)
@@ -286,35 +304,18 @@ def per_seed_markdown(cfg: Config, found: dict[CellJob, dict[str, float]]) -> st
         for fs in cfg.students.few_shot:
             if not any(k[0] == sc and k[1] == fs for k in by):
                 continue
-            few = f" (few-shot {fs:g})" if len(cfg.students.few_shot) > 1 or fs < 1 else ""
-            out += [f"### {sc.replace('->', ' → ')}{few}", ""]
-            out += [
-                "| Method | " + " | ".join(f"{s} seed {seed}" for s, seed in cols) + " |",
-                "|---|" + "---|" * len(cols),
-            ]
+            out += ["### " + _scenario_title(cfg, sc, fs), ""]
+            out += [_md_row(["Method", *(f"{s} seed {seed}" for s, seed in cols)]), "|---|" + "---|" * len(cols)]
             for m in cfg.students.methods:
                 vals = [by.get((sc, fs, m, s, seed)) for s, seed in cols]
                 if any(v is not None for v in vals):
-                    out.append(
-                        f"| {method_label(m)} | " + " | ".join("—" if v is None else f"{v:.1f}" for v in vals) + " |"
-                    )
+                    out.append(_md_row([method_label(m), *("—" if v is None else f"{v:.1f}" for v in vals)]))
             margins = [
                 _margin_text({m: by[(sc, fs, m, s, seed)] for m in cfg.students.methods if (sc, fs, m, s, seed) in by})
                 for s, seed in cols
             ]
-            out += ["| *OSKT margin* | " + " | ".join(margins) + " |", ""]
+            out += [_md_row(["*OSKT margin*", *margins]), ""]
     return "\n".join(out)
-
-
-def mean_curves(
-    cfg: Config, curves_: dict[CellJob, list[tuple[int, float]]]
-) -> dict[tuple[str, float, str, str], dict[int, float]]:
-    """(scenario, few-shot, student, method) → epoch → mAP (%) mean over the seeds that evaluated that epoch."""
-    pts: dict[tuple[str, float, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for c, series in curves_.items():
-        for epoch, v in series:
-            pts[(c.scenario, c.few_shot, c.student_name, c.method)][epoch].append(_pct(v))
-    return {k: {e: statistics.fmean(vs) for e, vs in sorted(d.items())} for k, d in pts.items()}
 
 
 def milestone_epochs(epochs: list[int]) -> list[int]:
@@ -330,7 +331,7 @@ def milestone_epochs(epochs: list[int]) -> list[int]:
 def convergence_markdown(cfg: Config, curves_: dict[CellJob, list[tuple[int, float]]]) -> str:
     """Per convergence panel (scenario, few-shot fraction, student): mean mAP (%) of each method after a few
     fine-tune epochs (``milestone_epochs``) and OSKT's margin over the best other method there."""
-    means = mean_curves(cfg, curves_)
+    means = mean_curves(curves_)
     out = []
     for sc, fs in convergence_groups(cfg, curves_):
         for student in cfg.students.names:
@@ -338,15 +339,12 @@ def convergence_markdown(cfg: Config, curves_: dict[CellJob, list[tuple[int, flo
             if not rows:
                 continue
             epochs = milestone_epochs(sorted({e for d in rows.values() for e in d}))
-            few = f", few-shot {fs:g}" if fs < 1.0 else ""
-            out += [f"{student}, {sc.replace('->', ' → ')}{few}: mAP in % after fine-tune epoch", ""]
-            out += ["| Method | " + " | ".join(f"epoch {e}" for e in epochs) + " |", "|---|" + "---|" * len(epochs)]
+            out += [_panel_title(student, sc, fs) + ": mAP in % after fine-tune epoch", ""]
+            out += [_md_row(["Method", *(f"epoch {e}" for e in epochs)]), "|---|" + "---|" * len(epochs)]
             for m, d in rows.items():
-                out.append(
-                    f"| {method_label(m)} | " + " | ".join("—" if e not in d else f"{d[e]:.1f}" for e in epochs) + " |"
-                )
+                out.append(_md_row([method_label(m), *("—" if e not in d else f"{d[e]:.1f}" for e in epochs)]))
             margins = [_margin_text({m: d[e] for m, d in rows.items() if e in d}) for e in epochs]
-            out += ["| *OSKT margin* | " + " | ".join(margins) + " |", ""]
+            out += [_md_row(["*OSKT margin*", *margins]), ""]
     return "\n".join(out)
 
 
@@ -354,12 +352,17 @@ CELL_FIELDS = ("scenario", "few_shot", "method", "student", "seed", "mAP", "rank
 CURVE_FIELDS = ("scenario", "few_shot", "method", "student", "seed", "epoch", "mAP")
 
 
-def _csv(fields: tuple[str, ...], rows: list[tuple]) -> str:
+def _csv(fields: tuple[str, ...], rows: list) -> str:
+    """A header and the rows, in the order given (report.csv, cells.csv, curves.csv: one dialect)."""
     buf = _io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv.writer(buf)
     w.writerow(fields)
-    w.writerows(sorted(rows))
+    w.writerows(rows)
     return buf.getvalue()
+
+
+def _cell_order(c: CellJob) -> tuple:
+    return (c.scenario, c.few_shot, c.method, c.student_name, c.seed)
 
 
 def cells_csv(found: dict[CellJob, dict[str, float]]) -> str:
@@ -369,7 +372,7 @@ def cells_csv(found: dict[CellJob, dict[str, float]]) -> str:
         [
             (
                 c.scenario,
-                c.few_shot,
+                f"{c.few_shot:g}",
                 c.method,
                 c.student_name,
                 c.seed,
@@ -377,7 +380,7 @@ def cells_csv(found: dict[CellJob, dict[str, float]]) -> str:
                 f"{_pct(m.get('rank1', float('nan'))):.2f}",
                 f"{m.get('seconds', float('nan')):.0f}",
             )
-            for c, m in found.items()
+            for c, m in sorted(found.items(), key=lambda cm: _cell_order(cm[0]))
         ],
     )
 
@@ -387,19 +390,17 @@ def curves_csv(curves_: dict[CellJob, list[tuple[int, float]]]) -> str:
     return _csv(
         CURVE_FIELDS,
         [
-            (c.scenario, c.few_shot, c.method, c.student_name, c.seed, e, f"{_pct(v):.2f}")
-            for c, s in curves_.items()
+            (c.scenario, f"{c.few_shot:g}", c.method, c.student_name, c.seed, e, f"{_pct(v):.2f}")
+            for c, s in sorted(curves_.items(), key=lambda cs: _cell_order(cs[0]))
             for e, v in s
         ],
     )
 
 
 def to_csv(rows: list[Row]) -> str:
-    buf = _io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(CSV_FIELDS)
-    for r in sorted(rows, key=lambda r: (r.scenario, r.few_shot, r.method, r.params)):
-        w.writerow(
+    return _csv(
+        CSV_FIELDS,
+        [
             [
                 r.scenario,
                 f"{r.few_shot:g}",
@@ -413,8 +414,9 @@ def to_csv(rows: list[Row]) -> str:
                 f"{r.r1_mean:.2f}",
                 f"{r.r1_std:.2f}",
             ]
-        )
-    return buf.getvalue()
+            for r in sorted(rows, key=lambda r: (r.scenario, r.few_shot, r.method, r.params))
+        ],
+    )
 
 
 def plot(cfg: Config, rows: list[Row], x: str) -> bytes:
